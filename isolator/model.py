@@ -1,0 +1,117 @@
+"""Domain types shared by every layer: nodes, regions, evidence and verdicts."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+# Readiness-gate condition type that the isolator owns on every edge Pod that declares it.
+SERVING_CONDITION = "isolator.io/serving"
+
+# Annotation on a cut Pod that records what the cut replaced, so that restore is exact and a
+# restarted isolator can rebuild its state from Kubernetes alone.
+CUT_ANNOTATION = "isolator.io/cut"
+
+# Node label that places an edge node in its region.
+REGION_LABEL = "topology.kubernetes.io/region"
+
+
+class NodeVerdict(enum.StrEnum):
+    """What the isolator concludes about one edge node."""
+
+    UNKNOWN = "unknown"  # not yet seen both ways, or no usable evidence
+    HEALTHY = "healthy"
+    SUSPECT = "suspect"  # silent to the cloud, with no in-site evidence either way yet
+    FAILED = "failed"  # silent to the cloud and confirmed down from inside the site
+    UNREACHABLE = "unreachable"  # silent to the cloud while the site still sees it serving
+
+
+class RegionVerdict(enum.StrEnum):
+    """What the isolator concludes about one region."""
+
+    NORMAL = "normal"
+    DEGRADED = "degraded"  # some nodes failed, the region itself is reachable
+    PARTITIONED = "partitioned"  # the cloud lost the region's link; the site may still serve
+    MONITORING_DEGRADED = "monitoring_degraded"  # federation broken while heartbeats arrive
+
+
+class GlobalVerdict(enum.StrEnum):
+    """What the isolator concludes about the estate as a whole."""
+
+    NORMAL = "normal"
+    FAIL_SAFE = "fail_safe"  # most regions went dark at once: suspect the central side
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeNode:
+    """An edge node as the Kubernetes inventory lists it."""
+
+    name: str
+    region: str
+    agent_url: str | None  # None while the Node has no InternalIP
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSample:
+    """One value read through federation, with the age of the sample on the central server."""
+
+    value: float
+    age_s: float
+
+
+@dataclass(slots=True)
+class NodeEvidence:
+    """Everything the isolator has seen of one node, on the receiver's monotonic clock."""
+
+    node: str
+    region: str
+    last_heartbeat_at: float | None = None
+    heartbeat_seq: int | None = None
+    heartbeat_count: int = 0
+    clock_skew_s: float | None = None
+    last_probe_ok_at: float | None = None
+    last_probe_failed_at: float | None = None
+    probe_failures: int = 0
+    site_up: SiteSample | None = None  # the edge Prometheus's `up` for this node's agent
+    firing_alerts: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class RegionEvidence:
+    """The region's monitoring path as the central Prometheus sees it."""
+
+    region: str
+    federation_up: SiteSample | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAssessment:
+    """A node verdict with the reason a person reads when asking why."""
+
+    node: str
+    region: str
+    verdict: NodeVerdict
+    reason: str
+    silent_for_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RegionAssessment:
+    """A region verdict with its reason and the node counts behind it."""
+
+    region: str
+    verdict: RegionVerdict
+    reason: str
+    nodes: int
+    silent: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The outcome of one classification pass over the whole estate."""
+
+    verdict: GlobalVerdict
+    reason: str
+    regions: dict[str, RegionAssessment]
+    nodes: dict[str, NodeAssessment]

@@ -1,0 +1,188 @@
+"""Typed settings for the isolator service and the node agent.
+
+Every setting reads from the environment with the prefix ``ISOLATOR_`` (service) or
+``ISOLATOR_AGENT_`` (agent). Each field says what it sets, its unit, and why its default is what
+it is. Settings are loaded once at start-up and passed explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of the isolator service (``isolator serve``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ISOLATOR_", extra="forbid")
+
+    listen_host: str = Field(
+        "0.0.0.0",
+        description="Address the API binds to. Agents in every region must reach it.",
+    )
+    listen_port: int = Field(8080, ge=1, le=65535, description="TCP port of the API.")
+    kubeconfig: str | None = Field(
+        None,
+        description="Path of a kubeconfig file. Unset means the in-cluster ServiceAccount.",
+    )
+    prometheus_url: str = Field(
+        "http://127.0.0.1:9090",
+        description="Base URL of the central Prometheus that federates every edge Prometheus.",
+    )
+    prometheus_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description=(
+            "Timeout of one Prometheus query, in seconds. A query that times out counts as "
+            "unknown evidence, so it must stay well under the heartbeat timeout."
+        ),
+    )
+    agent_job: str = Field(
+        "isolator-agent",
+        description="Prometheus job name under which each edge Prometheus scrapes the agents.",
+    )
+    federation_job: str = Field(
+        "federate",
+        description="Job name under which the central Prometheus scrapes each edge /federate.",
+    )
+    agent_port: int = Field(
+        9910,
+        ge=1,
+        le=65535,
+        description="TCP port of the node agent on every edge node's InternalIP.",
+    )
+    heartbeat_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Period at which agents send heartbeats and the isolator probes agents, in seconds. "
+            "One second lets a crash be cut in about three seconds."
+        ),
+    )
+    heartbeat_miss_count: int = Field(
+        3,
+        ge=2,
+        description=(
+            "Heartbeats a node may miss before it counts as silent. Three absorbs one lost "
+            "packet and one late packet on a weak WAN link."
+        ),
+    )
+    probe_timeout_s: float = Field(
+        0.8,
+        gt=0,
+        description="Timeout of one probe from the isolator to an agent, in seconds.",
+    )
+    site_max_age_s: float = Field(
+        15.0,
+        gt=0,
+        description=(
+            "Oldest federated sample, in seconds, that still counts as the site's current view. "
+            "Federated series outlive their source by up to five minutes, so presence alone "
+            "proves nothing. Keep it at about three central scrape intervals."
+        ),
+    )
+    loop_interval_s: float = Field(
+        0.5,
+        gt=0,
+        description="Period of the control loop, in seconds.",
+    )
+    correlation_window_s: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "How long a node must stay failed before it is cut, in seconds. A region cut that "
+            "arrives node by node spreads over about one heartbeat interval, and this window "
+            "lets it be judged as one region event."
+        ),
+    )
+    restore_hold_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "How long a cut node must stay healthy before it is restored, in seconds. It keeps "
+            "a flapping node from being cut and restored on every tick."
+        ),
+    )
+    region_max_cut_fraction: float = Field(
+        0.34,
+        gt=0,
+        le=1,
+        description=(
+            "Largest share of a region's nodes that may be cut automatically. More failures "
+            "than that at once look like a site-wide event that a person should judge."
+        ),
+    )
+    region_min_cut_nodes: int = Field(
+        1,
+        ge=0,
+        description=(
+            "Nodes that may always be cut in a region, whatever its size, so that a small "
+            "site can still lose one failed node."
+        ),
+    )
+    fail_safe_region_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Share of regions that, when silent at once, trips the global fail-safe. So many "
+            "sites failing together points at the central side."
+        ),
+    )
+    inventory_refresh_s: float = Field(
+        10.0,
+        gt=0,
+        description="Period at which edge Nodes are listed from Kubernetes, in seconds.",
+    )
+    verify_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "How long a cut or restore is read back from the EndpointSlices before it is "
+            "reported as failed, in seconds."
+        ),
+    )
+    dry_run: bool = Field(
+        False,
+        description="Decide and report every action, but write nothing to Kubernetes.",
+    )
+    log_json: bool = Field(False, description="Write logs as one JSON object per line.")
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        """Seconds of silence after which a node counts as silent."""
+        return self.heartbeat_interval_s * self.heartbeat_miss_count
+
+    @model_validator(mode="after")
+    def _check_timings(self) -> Self:
+        if self.prometheus_timeout_s >= self.heartbeat_timeout_s:
+            raise ValueError(
+                "prometheus_timeout_s must be shorter than the heartbeat timeout "
+                f"({self.heartbeat_timeout_s:g} s); lower ISOLATOR_PROMETHEUS_TIMEOUT_S"
+            )
+        if self.probe_timeout_s >= self.heartbeat_interval_s * 2:
+            raise ValueError(
+                "probe_timeout_s must be shorter than two heartbeat intervals; "
+                "lower ISOLATOR_PROBE_TIMEOUT_S"
+            )
+        return self
+
+
+class AgentSettings(BaseSettings):
+    """Settings of the node agent (``isolator agent``)."""
+
+    model_config = SettingsConfigDict(env_prefix="ISOLATOR_AGENT_", extra="forbid")
+
+    node: str = Field(description="Kubernetes Node name of the node the agent runs on.")
+    region: str = Field(description="Region of the node, as in its topology label.")
+    isolator_url: str = Field(description="Base URL of the isolator API, for heartbeats.")
+    listen_host: str = Field("0.0.0.0", description="Address the agent binds to.")
+    listen_port: int = Field(9910, ge=1, le=65535, description="TCP port of the agent.")
+    heartbeat_interval_s: float = Field(
+        1.0, gt=0, description="Period of heartbeats to the isolator, in seconds."
+    )
+    heartbeat_timeout_s: float = Field(
+        0.8, gt=0, description="Timeout of one heartbeat request, in seconds."
+    )
