@@ -1,0 +1,1 @@
+"""The control loop: evidence, classification, safety and actions."""

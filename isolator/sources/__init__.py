@@ -1,0 +1,1 @@
+"""Adapters to the outside systems: Kubernetes, Prometheus and the node agents."""
