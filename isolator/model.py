@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Readiness-gate condition type that the isolator owns on every edge Pod that declares it.
@@ -57,6 +58,18 @@ class SiteSample:
 
     value: float
     age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    """One reading of the in-site view through the central Prometheus.
+
+    A node or region missing from a mapping is unknown. Samples with a non-finite value never
+    get here: the Prometheus adapter drops them.
+    """
+
+    agents: Mapping[str, SiteSample]  # node name -> the edge Prometheus's `up` for its agent
+    federation: Mapping[str, SiteSample]  # region -> the central's `up` for its /federate
 
 
 @dataclass(slots=True)

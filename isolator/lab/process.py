@@ -67,7 +67,7 @@ class ManagedProcess:
                 cwd=self._cwd,
                 start_new_session=True,
             )
-        logger.debug("process started", extra={"process": self.name, "pid": self._popen.pid})
+        logger.debug("process started", extra={"child": self.name, "pid": self._popen.pid})
 
     def running(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
@@ -98,7 +98,7 @@ class ManagedProcess:
             try:
                 self._popen.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                logger.warning("process ignored SIGTERM", extra={"process": self.name})
+                logger.warning("process ignored SIGTERM", extra={"child": self.name})
         # Children of a wrapper can outlive it, so the group is always swept.
         self._signal_group(signal.SIGKILL)
         self._popen.wait()

@@ -1,0 +1,99 @@
+"""The evidence store: what the isolator has seen of every edge node and region.
+
+All times are readings of the receiver's monotonic clock. Sender timestamps only feed the
+clock-skew figure; they never decide freshness.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from isolator.model import EdgeNode, NodeEvidence, RegionEvidence, SiteView
+
+
+class HeartbeatOutcome(enum.StrEnum):
+    """What became of one heartbeat."""
+
+    ACCEPTED = "accepted"
+    UNKNOWN_NODE = "unknown_node"
+    WRONG_REGION = "wrong_region"
+    REPLAYED = "replayed"  # a sequence number at or below one already seen since a restart
+
+
+class EvidenceStore:
+    """Per-node and per-region evidence, updated by the API, the prober and the loop."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeEvidence] = {}
+        self.regions: dict[str, RegionEvidence] = {}
+        self.agent_urls: dict[str, str] = {}
+
+    def sync_inventory(self, inventory: Iterable[EdgeNode]) -> None:
+        """Track exactly the listed nodes, keeping the evidence of those already known."""
+        listed = {node.name: node for node in inventory}
+        for name in self.nodes.keys() - listed.keys():
+            del self.nodes[name]
+            self.agent_urls.pop(name, None)
+        for node in listed.values():
+            known = self.nodes.get(node.name)
+            if known is None or known.region != node.region:
+                self.nodes[node.name] = NodeEvidence(node=node.name, region=node.region)
+            if node.agent_url:
+                self.agent_urls[node.name] = node.agent_url
+            else:
+                self.agent_urls.pop(node.name, None)
+        regions = {node.region for node in listed.values()}
+        for region in self.regions.keys() - regions:
+            del self.regions[region]
+        for region in regions:
+            self.regions.setdefault(region, RegionEvidence(region=region))
+
+    def record_heartbeat(
+        self, node: str, region: str, seq: int, sent_at: float, now: float, wall_now: float
+    ) -> HeartbeatOutcome:
+        """Record one heartbeat received at monotonic time ``now``."""
+        evidence = self.nodes.get(node)
+        if evidence is None:
+            return HeartbeatOutcome.UNKNOWN_NODE
+        if evidence.region != region:
+            return HeartbeatOutcome.WRONG_REGION
+        # A lower sequence number means the agent restarted, which is normal; only an exact
+        # repeat within one agent run is a replay.
+        if evidence.heartbeat_seq is not None and seq == evidence.heartbeat_seq:
+            return HeartbeatOutcome.REPLAYED
+        evidence.last_heartbeat_at = now
+        evidence.heartbeat_seq = seq
+        evidence.heartbeat_count += 1
+        evidence.clock_skew_s = wall_now - sent_at
+        return HeartbeatOutcome.ACCEPTED
+
+    def record_probe(self, node: str, ok: bool, now: float) -> None:
+        """Record the result of one probe from the isolator to the node's agent."""
+        evidence = self.nodes.get(node)
+        if evidence is None:
+            return
+        if ok:
+            evidence.last_probe_ok_at = now
+            evidence.probe_failures = 0
+        else:
+            evidence.last_probe_failed_at = now
+            evidence.probe_failures += 1
+
+    def apply_site_view(self, view: SiteView | None) -> None:
+        """Replace the in-site view; None means the central Prometheus could not be read."""
+        for name, evidence in self.nodes.items():
+            evidence.site_up = view.agents.get(name) if view else None
+        for region, region_evidence in self.regions.items():
+            region_evidence.federation_up = view.federation.get(region) if view else None
+
+    def record_alert(self, node: str, alertname: str, firing: bool) -> bool:
+        """Record an alert about a node; returns False when the node is not tracked."""
+        evidence = self.nodes.get(node)
+        if evidence is None:
+            return False
+        if firing:
+            evidence.firing_alerts.add(alertname)
+        else:
+            evidence.firing_alerts.discard(alertname)
+        return True

@@ -1,0 +1,53 @@
+"""What the engine needs from the outside world, as protocols the sources implement.
+
+The engine depends on these shapes only, so it runs against fakes in unit tests and against the
+real adapters in the service.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from isolator.model import EdgeNode, SiteView
+
+
+class ActionOutcome(Protocol):
+    """What a cut or restore changed, and whether reading it back confirmed it."""
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def pods(self) -> tuple[str, ...]: ...
+
+    @property
+    def verified(self) -> bool: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+class SiteViewReader(Protocol):
+    """Reads the in-site view through the central Prometheus."""
+
+    async def read_site_view(self) -> SiteView: ...
+
+
+class Cluster(Protocol):
+    """The Kubernetes operations the control loop performs."""
+
+    async def list_edge_nodes(self) -> list[EdgeNode]: ...
+
+    async def cut_node(self, node: str, reason: str, incident: str) -> ActionOutcome: ...
+
+    async def restore_node(self, node: str, incident: str) -> ActionOutcome: ...
+
+    async def ensure_serving(self, node: str) -> int: ...
+
+    async def cut_nodes(self) -> dict[str, list[str]]: ...
+
+
+class Prober(Protocol):
+    """Sends one probe to an agent and reports whether it answered correctly."""
+
+    async def probe(self, node: str, url: str) -> bool: ...
