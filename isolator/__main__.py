@@ -1,0 +1,3 @@
+from isolator.cli import main
+
+raise SystemExit(main())

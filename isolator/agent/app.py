@@ -1,0 +1,136 @@
+"""The node agent: heartbeats to the isolator, answers its probes, and serves /metrics.
+
+The agent runs on every edge node. Its edge Prometheus scrapes ``/metrics`` from inside the
+site, so the isolator can tell "the node is down" from "the cloud cannot hear the node".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from isolator.clock import Clock, SystemClock
+from isolator.logs import truncate
+from isolator.settings import AgentSettings
+
+logger = logging.getLogger(__name__)
+
+
+class AgentMetrics:
+    """The agent's own metrics, named ``isolator_agent_<name>``."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.registry = CollectorRegistry()
+        self.info = Gauge(
+            "isolator_agent_info",
+            "Always 1; carries the node and region the agent reports for.",
+            ["node", "region"],
+            registry=self.registry,
+        )
+        self.info.labels(settings.node, settings.region).set(1)
+        self.heartbeats = Counter(
+            "isolator_agent_heartbeats_total",
+            "Heartbeats sent to the isolator, by result.",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("ok", "rejected", "error"):
+            self.heartbeats.labels(result)
+        self.probes = Counter(
+            "isolator_agent_probes_total", "Probes answered.", registry=self.registry
+        )
+
+
+class Agent:
+    """Sends heartbeats on a fixed period and serves the probe and metrics endpoints."""
+
+    def __init__(self, settings: AgentSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.metrics = AgentMetrics(settings)
+        self.seq = 0
+        self._clock = clock or SystemClock()
+        self._last_result = ""
+
+    def web_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/probe", self._probe)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        return app
+
+    async def _probe(self, _: web.Request) -> web.Response:
+        self.metrics.probes.inc()
+        body = {"node": self.settings.node, "region": self.settings.region, "seq": self.seq}
+        return web.json_response(body)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        output = generate_latest(self.metrics.registry)
+        return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def send_heartbeats(self) -> None:
+        """Send one heartbeat per interval until cancelled; failures are logged and counted."""
+        timeout = aiohttp.ClientTimeout(total=self.settings.heartbeat_timeout_s)
+        url = f"{self.settings.isolator_url.rstrip('/')}/v1/heartbeats"
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                started = self._clock.monotonic()
+                await self.send_one(session, url)
+                elapsed = self._clock.monotonic() - started
+                await self._clock.sleep(self.settings.heartbeat_interval_s - elapsed)
+
+    async def send_one(self, session: aiohttp.ClientSession, url: str) -> None:
+        """Send the next heartbeat; the sequence number advances whatever the result."""
+        body = {
+            "node": self.settings.node,
+            "region": self.settings.region,
+            "seq": self.seq,
+            "sent_at": time.time(),
+        }
+        self.seq += 1
+        try:
+            async with session.post(url, json=body) as response:
+                if response.status < 300:
+                    self._note("ok")
+                    return
+                text = await response.text()
+                self._note("rejected", status=response.status, body=truncate(text))
+        except (aiohttp.ClientError, TimeoutError) as err:
+            self._note("error", error=repr(err))
+
+    def _note(self, result: str, **fields: object) -> None:
+        """Count a result, and log only when the result changes, so an outage logs once."""
+        self.metrics.heartbeats.labels(result).inc()
+        if result != self._last_result:
+            level = logging.INFO if result == "ok" else logging.WARNING
+            logger.log(level, "heartbeat result changed", extra={"result": result, **fields})
+            self._last_result = result
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    """Serve the agent's endpoints and send heartbeats until cancelled."""
+    agent = Agent(settings)
+    runner = web.AppRunner(agent.web_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+    await site.start()
+    logger.info(
+        "agent started",
+        extra={"node": settings.node, "region": settings.region, "port": settings.listen_port},
+    )
+    try:
+        await agent.send_heartbeats()
+    finally:
+        await runner.cleanup()

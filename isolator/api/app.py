@@ -1,0 +1,164 @@
+"""The isolator's HTTP API: heartbeats, the Alertmanager webhook, and the read endpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+
+from isolator.api.schemas import AlertmanagerWebhook, Heartbeat
+from isolator.api.views import node_view, region_view, status_view
+from isolator.clock import Clock
+from isolator.engine.alerts import AlertLedger, AlertOutcome, IncomingAlert
+from isolator.engine.evidence import HeartbeatOutcome
+from isolator.engine.loop import Controller
+from isolator.logs import truncate
+from isolator.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def _field_errors(err: RequestValidationError) -> list[dict[str, str]]:
+    fields = []
+    for item in err.errors():
+        location = [str(part) for part in item.get("loc", ()) if part != "body"]
+        fields.append({"field": ".".join(location) or "body", "problem": str(item.get("msg"))})
+    return fields
+
+
+def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAPI:
+    """Build the API around a running controller."""
+    app = FastAPI(title="isolator", version="0.1.0")
+    ledger = AlertLedger(controller.store)
+    settings = controller.settings
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(
+                {"error": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
+            )
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
+        fields = _field_errors(err)
+        body = err.body if isinstance(err.body, str | bytes) else repr(err.body)
+        logger.warning(
+            "request rejected",
+            extra={"path": request.url.path, "fields": fields, "body": truncate(body)},
+        )
+        if request.url.path == "/v1/heartbeats":
+            metrics.heartbeats_rejected.labels("invalid").inc()
+        return JSONResponse({"error": "invalid request", "fields": fields}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        if err.status_code < 500:
+            logger.warning(
+                "request rejected",
+                extra={"path": request.url.path, "status": err.status_code, "error": err.detail},
+            )
+        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+
+    @app.post("/v1/heartbeats")
+    async def receive_heartbeat(beat: Heartbeat) -> JSONResponse:
+        outcome = controller.store.record_heartbeat(
+            beat.node, beat.region, beat.seq, beat.sent_at, clock.monotonic(), clock.wall()
+        )
+        if outcome is HeartbeatOutcome.UNKNOWN_NODE:
+            metrics.heartbeats_rejected.labels("unknown_node").inc()
+            message = f"node {beat.node!r} is not an edge node with a region label"
+            return JSONResponse({"error": message, "field": "node"}, status_code=404)
+        if outcome is HeartbeatOutcome.WRONG_REGION:
+            metrics.heartbeats_rejected.labels("wrong_region").inc()
+            expected = controller.store.nodes[beat.node].region
+            message = f"node {beat.node!r} is in region {expected!r}, not {beat.region!r}"
+            return JSONResponse({"error": message, "field": "region"}, status_code=422)
+        if outcome is HeartbeatOutcome.ACCEPTED:
+            metrics.heartbeats.inc()
+        return JSONResponse({"outcome": outcome.value})
+
+    @app.post("/v1/alerts/webhook")
+    async def receive_alerts(notification: AlertmanagerWebhook) -> dict[str, Any]:
+        outcomes: Counter[str] = Counter()
+        unmapped = []
+        for alert in notification.alerts:
+            outcome = ledger.record(
+                IncomingAlert(
+                    fingerprint=alert.fingerprint,
+                    starts_at=alert.startsAt,
+                    firing=alert.status == "firing",
+                    alertname=alert.labels.get("alertname", ""),
+                    node=alert.labels.get("node"),
+                )
+            )
+            outcomes[outcome.value] += 1
+            metrics.webhook_alerts.labels(outcome.value).inc()
+            if outcome is AlertOutcome.UNMAPPED and "node" in alert.labels:
+                unmapped.append(truncate(alert.labels["node"], 64))
+        if notification.truncatedAlerts:
+            # TODO: re-read the full alert set from Alertmanager when alerts were truncated;
+            # until then the truncated alerts add no evidence.
+            logger.warning(
+                "notification truncated",
+                extra={"truncated": notification.truncatedAlerts, "group": notification.groupKey},
+            )
+        return {"alerts": dict(outcomes), "unmapped_nodes": unmapped}
+
+    @app.get("/v1/status")
+    async def read_status() -> dict[str, Any]:
+        return status_view(controller)
+
+    @app.get("/v1/nodes")
+    async def list_nodes() -> list[dict[str, Any]]:
+        return [node_view(controller, name, clock) for name in sorted(controller.store.nodes)]
+
+    @app.get("/v1/nodes/{name}")
+    async def read_node(name: str) -> Any:
+        if name not in controller.store.nodes:
+            return JSONResponse({"error": f"node {name!r} not found"}, status_code=404)
+        return node_view(controller, name, clock)
+
+    @app.get("/v1/regions")
+    async def list_regions() -> list[dict[str, Any]]:
+        return [region_view(controller, name) for name in sorted(controller.store.regions)]
+
+    @app.get("/v1/isolations")
+    async def list_isolations() -> list[dict[str, Any]]:
+        return [vars_of(iso) for iso in controller.isolations.values()]
+
+    @app.get("/v1/audit")
+    async def list_audit() -> list[dict[str, Any]]:
+        return list(controller.audit)
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        last = controller.state.last_pass_at
+        stale_after = max(5 * settings.loop_interval_s, 5.0)
+        if last is None or clock.monotonic() - last > stale_after:
+            return JSONResponse({"status": "control loop not running"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics")
+    async def read_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    """Return a slotted dataclass instance as a dict."""
+    return {name: getattr(obj, name) for name in obj.__slots__}

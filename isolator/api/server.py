@@ -1,0 +1,69 @@
+"""Assembles the isolator service: adapters, controller and API, under one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from isolator.api.app import create_app
+from isolator.clock import SystemClock
+from isolator.engine.loop import Controller
+from isolator.metrics import Metrics
+from isolator.settings import Settings
+from isolator.sources.agents import AgentProber
+from isolator.sources.kubernetes import KubernetesSource
+from isolator.sources.prometheus import PrometheusSource
+
+logger = logging.getLogger(__name__)
+
+
+async def run_service(settings: Settings) -> None:
+    """Run the control loop and the API until the process is stopped."""
+    clock = SystemClock()
+    metrics = Metrics()
+    cluster = await KubernetesSource.create(
+        settings.kubeconfig,
+        agent_port=settings.agent_port,
+        dry_run=settings.dry_run,
+        verify_timeout_s=settings.verify_timeout_s,
+    )
+    prometheus = PrometheusSource(
+        settings.prometheus_url,
+        timeout_s=settings.prometheus_timeout_s,
+        agent_job=settings.agent_job,
+        federation_job=settings.federation_job,
+        metrics=metrics,
+        clock=clock,
+    )
+    prober = AgentProber(timeout_s=settings.probe_timeout_s)
+    controller = Controller(settings, cluster, prometheus, prober, metrics, clock)
+    app = create_app(controller, metrics, clock)
+    config = uvicorn.Config(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    logger.info(
+        "isolator started",
+        extra={"port": settings.listen_port, "dry_run": settings.dry_run},
+    )
+    loop_task = asyncio.create_task(controller.run(), name="control-loop")
+    # The API without its control loop would report stale verdicts, so it stops with it.
+    loop_task.add_done_callback(lambda _: setattr(server, "should_exit", True))
+    try:
+        await server.serve()
+    finally:
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await prober.close()
+        prometheus.close()
+        await cluster.close()
+        logger.info("isolator stopped")
