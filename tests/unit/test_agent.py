@@ -1,0 +1,62 @@
+"""The node agent: probe answers, metrics, and heartbeats with sequence numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from isolator.agent.app import Agent
+from isolator.settings import AgentSettings
+
+
+def settings(url: str = "http://127.0.0.1:1") -> AgentSettings:
+    return AgentSettings(node="r1-n01", region="r1", isolator_url=url, listen_port=9910)
+
+
+async def test_probe_answers_with_node_and_region() -> None:
+    agent = Agent(settings())
+    async with TestClient(TestServer(agent.web_app())) as client:
+        response = await client.get("/probe")
+        body = await response.json()
+
+    assert response.status == 200
+    assert body == {"node": "r1-n01", "region": "r1", "seq": 0}
+
+
+async def test_metrics_carry_node_and_region() -> None:
+    agent = Agent(settings())
+    async with TestClient(TestServer(agent.web_app())) as client:
+        text = await (await client.get("/metrics")).text()
+
+    assert 'isolator_agent_info{node="r1-n01",region="r1"} 1.0' in text
+
+
+async def test_heartbeats_carry_increasing_sequence() -> None:
+    received: list[dict[str, Any]] = []
+
+    async def accept(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"outcome": "accepted"})
+
+    isolator = web.Application()
+    isolator.router.add_post("/v1/heartbeats", accept)
+    async with TestServer(isolator) as server, aiohttp.ClientSession() as session:
+        agent = Agent(settings(str(server.make_url(""))))
+        url = str(server.make_url("/v1/heartbeats"))
+        await agent.send_one(session, url)
+        await agent.send_one(session, url)
+
+    assert [beat["seq"] for beat in received] == [0, 1]
+    assert {beat["node"] for beat in received} == {"r1-n01"}
+
+
+async def test_unreachable_isolator_counted_not_raised() -> None:
+    agent = Agent(settings())
+    async with aiohttp.ClientSession() as session:
+        await agent.send_one(session, "http://127.0.0.1:1/v1/heartbeats")
+
+    assert agent.metrics.heartbeats.labels("error")._value.get() == 1
+    assert agent.seq == 1
