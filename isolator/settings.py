@@ -131,6 +131,31 @@ class Settings(BaseSettings):
             "sites failing together points at the central side."
         ),
     )
+    startup_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "Seconds after the isolator starts during which it cuts nothing. A restarted "
+            "isolator has no heartbeat history, and every agent needs a few periods to be seen "
+            "both ways again."
+        ),
+    )
+    cuts_per_minute: int = Field(
+        6,
+        ge=0,
+        description=(
+            "Automatic cuts allowed per minute across the estate. A burst beyond it is far "
+            "likelier a shared cause than independent node failures, so the rest wait."
+        ),
+    )
+    region_cooldown_s: float = Field(
+        120.0,
+        ge=0,
+        description=(
+            "Seconds during which automatic cuts in a region stay held after more of its nodes "
+            "were flagged than its budget allows. A person judges a site-wide event."
+        ),
+    )
     inventory_refresh_s: float = Field(
         10.0,
         gt=0,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isolator.clock import Clock
-from isolator.engine.classify import Thresholds, classify
+from isolator.engine.classify import Thresholds, classify, classify_node
 from isolator.engine.decide import Decision, Kind, Memory, Policy, decide
 from isolator.engine.evidence import EvidenceStore
 from isolator.engine.ports import ActionOutcome, Cluster, Prober, SiteViewReader
@@ -77,7 +77,7 @@ class Controller:
         self._prober = prober
         self._metrics = metrics
         self._clock = clock
-        self._memory = Memory.empty()
+        self._memory = Memory.empty(started_at=clock.monotonic())
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._limits = Thresholds(
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
@@ -89,6 +89,9 @@ class Controller:
             restore_hold_s=settings.restore_hold_s,
             region_max_cut_fraction=settings.region_max_cut_fraction,
             region_min_cut_nodes=settings.region_min_cut_nodes,
+            startup_grace_s=settings.startup_grace_s,
+            cuts_per_minute=settings.cuts_per_minute,
+            region_cooldown_s=settings.region_cooldown_s,
         )
 
     async def run(self) -> None:
@@ -253,6 +256,9 @@ class Controller:
             self._in_flight.pop(node, None)
 
     async def _cut(self, decision: Decision) -> None:
+        if not self._still_failed(decision.node):
+            logger.info("cut dropped: evidence changed", extra={"node": decision.node})
+            return
         incident = uuid.uuid4().hex[:12]
         isolation = Isolation(
             node=decision.node,
@@ -272,6 +278,14 @@ class Controller:
             outcome.verified,
             outcome.detail,
         )
+
+    def _still_failed(self, node: str) -> bool:
+        """Classify the node again on the evidence as it is now, right before cutting it."""
+        evidence = self.store.nodes.get(node)
+        if evidence is None:
+            return False
+        fresh = classify_node(evidence, self._clock.monotonic(), self._limits)
+        return fresh.verdict is NodeVerdict.FAILED
 
     async def _restore(self, decision: Decision) -> None:
         isolation = self.isolations.get(decision.node)

@@ -22,6 +22,8 @@ FAST: dict[str, Any] = {
     "correlation_window_s": 2.0,
     "restore_hold_s": 10.0,
     "site_max_age_s": 5.0,
+    "startup_grace_s": 0.0,
+    "region_cooldown_s": 30.0,
 }
 
 

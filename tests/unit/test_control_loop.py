@@ -80,19 +80,79 @@ async def test_most_regions_dark_trips_fail_safe() -> None:
     assert harness.cluster.cuts == []
 
 
-async def test_region_budget_holds_burst_of_failures() -> None:
+async def test_burst_within_budget_cut() -> None:
     harness = await Harness.start()
-    failed = [f"r1-n{j:02d}" for j in range(1, 5)]
+    failed = ["r1-n01", "r1-n02", "r1-n03"]
     harness.silent.update(failed)
     harness.site_down.update(failed)
 
     await harness.run_for(8.0)
 
-    # 10 nodes at a 0.34 share allow 3 cuts; the fourth is held for a person.
-    assert len(harness.cluster.cuts) == 3
-    holds = [d for d in harness.controller.state.holds if d.node in failed]
-    assert len(holds) == 1
-    assert "region budget" in holds[0].reason
+    # 10 nodes at a 0.34 share allow 3 cuts.
+    assert sorted(harness.cluster.cuts) == failed
+
+
+async def test_burst_over_budget_holds_whole_region() -> None:
+    harness = await Harness.start()
+    failed = [f"r2-n{j:02d}" for j in range(1, 7)]
+    harness.silent.update(failed)
+    harness.site_down.update(failed)
+
+    await harness.run_for(8.0)
+
+    assert harness.cluster.cuts == []
+    holds = {d.node: d.reason for d in harness.controller.state.holds}
+    assert sorted(holds) == failed
+    assert all("region budget exceeded" in reason for reason in holds.values())
+
+
+async def test_new_flag_within_cooldown_held() -> None:
+    harness = await Harness.start()
+    burst = [f"r2-n{j:02d}" for j in range(1, 5)]
+    harness.silent.update(burst)
+    harness.site_down.update(burst)
+    await harness.run_for(5.0)
+    harness.silent.clear()
+    harness.site_down.clear()
+    await harness.run_for(2.0)
+
+    harness.silent.add("r2-n09")
+    harness.site_down.add("r2-n09")
+    await harness.run_for(6.0)
+
+    assert harness.cluster.cuts == []
+    holds = {d.node: d.reason for d in harness.controller.state.holds}
+    assert holds["r2-n09"].startswith("region cooldown")
+
+    await harness.run_for(25.0)
+    assert harness.cluster.cuts == ["r2-n09"]
+
+
+async def test_start_up_grace_holds_cuts() -> None:
+    harness = await Harness.start(startup_grace_s=10.0)
+    harness.silent.add("r1-n01")
+    harness.site_down.add("r1-n01")
+
+    await harness.run_for(6.0)
+    assert harness.cluster.cuts == []
+    assert harness.controller.state.holds[0].reason.startswith("start-up grace")
+
+    await harness.run_for(4.0)
+    assert harness.cluster.cuts == ["r1-n01"]
+
+
+async def test_rate_limit_spreads_cuts() -> None:
+    harness = await Harness.start(cuts_per_minute=2)
+    failed = ["r1-n01", "r2-n01", "r3-n01"]
+    harness.silent.update(failed)
+    harness.site_down.update(failed)
+
+    await harness.run_for(8.0)
+    assert len(harness.cluster.cuts) == 2
+    assert any(d.reason.startswith("rate limit") for d in harness.controller.state.holds)
+
+    await harness.run_for(60.0)
+    assert sorted(harness.cluster.cuts) == failed
 
 
 async def test_restore_after_hold_time_healthy() -> None:
