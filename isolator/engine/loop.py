@@ -79,6 +79,7 @@ class Controller:
         self._clock = clock
         self._memory = Memory.empty(started_at=clock.monotonic())
         self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._site_view_error: str | None = None
         self._limits = Thresholds(
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             site_max_age_s=settings.site_max_age_s,
@@ -191,9 +192,15 @@ class Controller:
         try:
             view = await self._site_reader.read_site_view()
             self._metrics.prometheus_queries.labels("ok").inc()
+            if self._site_view_error is not None:
+                logger.info("site view available again")
+                self._site_view_error = None
         except SourceError as err:
-            logger.warning("site view unavailable", extra={"error": str(err)})
             self._metrics.prometheus_queries.labels("error").inc()
+            # Logged when the failure starts or changes, not on every pass.
+            if str(err) != self._site_view_error:
+                logger.warning("site view unavailable", extra={"error": str(err)})
+                self._site_view_error = str(err)
             view = None
         self.store.apply_site_view(view)
 

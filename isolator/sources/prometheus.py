@@ -111,7 +111,7 @@ class PrometheusSource:
         loop = asyncio.get_running_loop()
         started = self._clock.monotonic()
         call: Callable[[], QueryResult] = lambda: self._client.custom_query(  # noqa: E731
-            query, params={"timeout": f"{self._timeout_s}s"}
+            query, params={"timeout": f"{round(self._timeout_s * 1000)}ms"}
         )
         try:
             return await loop.run_in_executor(self._executor, call)
