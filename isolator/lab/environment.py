@@ -1,0 +1,322 @@
+"""The whole lab in one object: control plane, regions, monitoring, agents and the isolator.
+
+Everything runs for real: kube-apiserver with the endpoint controllers and KWOK, one network
+namespace per region with its agents and edge Prometheus, a central Prometheus, Alertmanager,
+and ``isolator serve`` as its own process. Faults are injected the way they happen: an agent
+killed, a link taken down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from isolator.lab import cluster
+from isolator.lab.controlplane import ControlPlane, locate_binaries
+from isolator.lab.monitoring import Monitoring, MonitoringOptions, free_port
+from isolator.lab.netns import LabLock, RegionNetwork, remove_stale_namespaces
+from isolator.lab.process import ManagedProcess
+
+logger = logging.getLogger(__name__)
+
+AGENT_PORT = 9910
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fast_isolator_settings(heartbeat_interval_s: float) -> dict[str, str]:
+    """Isolator settings scaled to a heartbeat interval, for a lab that must react quickly."""
+    interval = heartbeat_interval_s
+    return {
+        "ISOLATOR_HEARTBEAT_INTERVAL_S": str(interval),
+        "ISOLATOR_HEARTBEAT_MISS_COUNT": "3",
+        "ISOLATOR_PROBE_TIMEOUT_S": str(round(interval * 0.8, 3)),
+        "ISOLATOR_PROMETHEUS_TIMEOUT_S": str(round(interval * 2, 3)),
+        "ISOLATOR_LOOP_INTERVAL_S": str(round(interval / 2, 3)),
+        "ISOLATOR_CORRELATION_WINDOW_S": str(interval * 2),
+        "ISOLATOR_SITE_MAX_AGE_S": "5",
+        "ISOLATOR_RESTORE_HOLD_S": "5",
+        "ISOLATOR_STARTUP_GRACE_S": str(interval * 6),
+        "ISOLATOR_INVENTORY_REFRESH_S": "2",
+        "ISOLATOR_VERIFY_TIMEOUT_S": "5",
+    }
+
+
+@dataclass
+class LabSpec:
+    """The shape of a lab: regions, nodes, the Service under test and the timings."""
+
+    regions: list[str] = field(default_factory=lambda: ["r1", "r2", "r3"])
+    nodes_per_region: int = 4
+    pods_per_node: int = 1
+    namespace: str = "default"
+    service: str = "media"
+    heartbeat_interval_s: float = 0.5
+    monitoring: MonitoringOptions = field(
+        default_factory=lambda: MonitoringOptions(
+            scrape_interval_s=0.5,
+            scrape_timeout_s=0.4,
+            federation_interval_s=0.5,
+            federation_timeout_s=0.4,
+            evaluation_interval_s=1.0,
+        )
+    )
+    isolator_settings: dict[str, str] = field(default_factory=dict)  # ISOLATOR_* overrides
+    # ISOLATOR_LAB_KEEP=1 keeps the work folder with every log after the lab stops.
+    keep_files: bool = field(default_factory=lambda: os.environ.get("ISOLATOR_LAB_KEEP") == "1")
+
+
+def node_name(region_index: int, node_index: int) -> str:
+    """Return the Node name of node ``node_index`` in region ``region_index`` (both 0-based)."""
+    return f"r{region_index + 1}-n{node_index + 1:02d}"
+
+
+class Lab:
+    """A running lab; use ``async with Lab(spec) as lab``."""
+
+    def __init__(self, spec: LabSpec | None = None, work_dir: Path | None = None) -> None:
+        self.spec = spec or LabSpec()
+        self._own_dir = work_dir is None
+        self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="isolator-lab-"))
+        self.networks: dict[str, RegionNetwork] = {}
+        self.nodes: dict[str, str] = {}  # node -> region
+        self.pods: dict[str, str] = {}  # pod -> node
+        self.agents: dict[str, ManagedProcess] = {}
+        self.isolator_port = 0
+        self._lock: LabLock | None = None
+        self._control_plane: ControlPlane | None = None
+        self._monitoring: Monitoring | None = None
+        self._isolator: ManagedProcess | None = None
+        self._api: k8s.ApiClient | None = None
+
+    async def __aenter__(self) -> Lab:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    @property
+    def api(self) -> k8s.ApiClient:
+        assert self._api is not None, "the lab is not started"
+        return self._api
+
+    @property
+    def monitoring(self) -> Monitoring:
+        assert self._monitoring is not None, "the lab is not started"
+        return self._monitoring
+
+    @property
+    def isolator_url(self) -> str:
+        return f"http://127.0.0.1:{self.isolator_port}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self._control_plane is not None, "the lab is not started"
+        return self._control_plane.kubeconfig
+
+    async def start(self) -> None:
+        """Start every component and wait until each node is healthy and every Pod serves."""
+        self._lock = LabLock.acquire()
+        remove_stale_namespaces(self._lock.index)
+        bin_dir = await asyncio.to_thread(locate_binaries, REPO_ROOT)
+        self._control_plane = ControlPlane(self.work_dir / "controlplane", bin_dir)
+        self._create_networks()
+        await self._control_plane.start()
+        self._api = await k8s_config.new_client_from_config(str(self.kubeconfig))
+        await self._create_objects()
+
+        self.isolator_port = free_port("0.0.0.0")
+        self._monitoring = Monitoring(
+            self.work_dir / "monitoring",
+            list(self.networks.values()),
+            self._agent_targets(),
+            webhook_url=f"{self.isolator_url}/v1/alerts/webhook",
+            options=self.spec.monitoring,
+        )
+        await self._monitoring.start()
+        self._start_isolator()
+        for node in self.nodes:
+            self.start_agent(node)
+        await self.wait_until_serving(timeout_s=60.0)
+
+    async def stop(self) -> None:
+        """Stop everything that was started; safe after a failed start and when called twice."""
+        for agent in self.agents.values():
+            agent.stop(timeout_s=2.0)
+        if self._isolator is not None:
+            self._isolator.stop(timeout_s=5.0)
+        if self._monitoring is not None:
+            await self._monitoring.stop()
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+        if self._control_plane is not None:
+            await self._control_plane.stop()
+        for network in self.networks.values():
+            network.delete()
+        if self._lock is not None:
+            self._lock.release()
+        if self._own_dir and not self.spec.keep_files:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def _create_networks(self) -> None:
+        assert self._lock is not None
+        for index, region in enumerate(self.spec.regions):
+            network = RegionNetwork(self._lock.index, index, region)
+            self.networks[region] = network
+            network.create(self.spec.nodes_per_region)
+            for j in range(self.spec.nodes_per_region):
+                self.nodes[node_name(index, j)] = region
+
+    def _node_ip(self, node: str) -> str:
+        region = self.nodes[node]
+        index = int(node.split("-n")[1]) - 1
+        return self.networks[region].node_ip(index)
+
+    def _agent_targets(self) -> dict[str, dict[str, str]]:
+        targets: dict[str, dict[str, str]] = {region: {} for region in self.spec.regions}
+        for node, region in self.nodes.items():
+            targets[region][node] = f"{self._node_ip(node)}:{AGENT_PORT}"
+        return targets
+
+    async def _create_objects(self) -> None:
+        spec = self.spec
+        await cluster.create_service(
+            self.api, spec.namespace, spec.service, {"app": spec.service}, 8080
+        )
+        for node, region in self.nodes.items():
+            await cluster.create_edge_node(self.api, node, region, self._node_ip(node))
+            for k in range(spec.pods_per_node):
+                pod = f"{spec.service}-{node}-{k}"
+                self.pods[pod] = node
+                await cluster.create_pod(self.api, spec.namespace, pod, node, {"app": spec.service})
+
+    def _start_isolator(self) -> None:
+        env = {
+            **_fast_isolator_settings(self.spec.heartbeat_interval_s),
+            "ISOLATOR_LISTEN_HOST": "0.0.0.0",
+            "ISOLATOR_LISTEN_PORT": str(self.isolator_port),
+            "ISOLATOR_KUBECONFIG": str(self.kubeconfig),
+            "ISOLATOR_PROMETHEUS_URL": self.monitoring.central_url,
+            "ISOLATOR_AGENT_PORT": str(AGENT_PORT),
+            "ISOLATOR_LOG_JSON": "true",
+            **self.spec.isolator_settings,
+        }
+        self._isolator = ManagedProcess(
+            "isolator",
+            [sys.executable, "-m", "isolator", "serve"],
+            self.work_dir / "logs" / "isolator.log",
+            env=env,
+        )
+        self._isolator.start()
+
+    def start_agent(self, node: str) -> None:
+        """Start (or restart) the agent of ``node`` inside its region's namespace."""
+        region = self.nodes[node]
+        network = self.networks[region]
+        env = {
+            "ISOLATOR_AGENT_NODE": node,
+            "ISOLATOR_AGENT_REGION": region,
+            "ISOLATOR_AGENT_ISOLATOR_URL": f"http://{network.host_ip}:{self.isolator_port}",
+            "ISOLATOR_AGENT_LISTEN_HOST": self._node_ip(node),
+            "ISOLATOR_AGENT_LISTEN_PORT": str(AGENT_PORT),
+            "ISOLATOR_AGENT_HEARTBEAT_INTERVAL_S": str(self.spec.heartbeat_interval_s),
+            "ISOLATOR_AGENT_HEARTBEAT_TIMEOUT_S": str(self.spec.heartbeat_interval_s * 0.8),
+        }
+        agent = ManagedProcess(
+            f"agent-{node}",
+            network.wrap([sys.executable, "-m", "isolator", "agent"]),
+            self.work_dir / "logs" / f"agent-{node}.log",
+            env=env,
+        )
+        agent.start()
+        self.agents[node] = agent
+
+    async def crash_node(self, node: str) -> None:
+        """Crash a node: its agent is killed and the Node is marked down."""
+        self.agents[node].kill()
+        await cluster.set_node_down(self.api, node, True)
+
+    async def recover_node(self, node: str) -> None:
+        """Bring a crashed node back: the Node is marked up and its agent restarted."""
+        await cluster.set_node_down(self.api, node, False)
+        self.start_agent(node)
+
+    def partition(self, region: str) -> None:
+        self.networks[region].partition()
+
+    def heal(self, region: str) -> None:
+        self.networks[region].heal()
+
+    async def ready_pods(self) -> set[str]:
+        """Return the Pods that are ready endpoints of the lab's Service right now."""
+        return await cluster.ready_endpoint_pods(self.api, self.spec.namespace, self.spec.service)
+
+    async def get(self, path: str) -> Any:
+        """GET a JSON document from the isolator API."""
+        timeout = aiohttp.ClientTimeout(total=5.0)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(f"{self.isolator_url}{path}") as response,
+        ):
+            response.raise_for_status()
+            return await response.json()
+
+    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
+        """POST a raw body to the isolator API and return the status and JSON answer."""
+        timeout = aiohttp.ClientTimeout(total=5.0)
+        headers = {"content-type": content_type}
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(f"{self.isolator_url}{path}", data=body, headers=headers) as response,
+        ):
+            return response.status, await response.json(content_type=None)
+
+    async def node_verdicts(self) -> dict[str, str]:
+        return {item["node"]: item["verdict"] for item in await self.get("/v1/nodes")}
+
+    async def region_verdicts(self) -> dict[str, str]:
+        return {item["region"]: item["verdict"] for item in await self.get("/v1/regions")}
+
+    def check_isolator_running(self) -> None:
+        assert self._isolator is not None
+        self._isolator.check_running()
+
+    async def wait_until_serving(self, timeout_s: float) -> None:
+        """Wait until every node is healthy and every Pod is a ready endpoint."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        verdicts: Mapping[str, str] = {}
+        ready: set[str] = set()
+        while loop.time() < deadline:
+            self.check_isolator_running()
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                verdicts = await self.node_verdicts()
+                ready = await self.ready_pods()
+                healthy = all(verdicts.get(node) == "healthy" for node in self.nodes)
+                if healthy and ready == set(self.pods):
+                    return
+            await asyncio.sleep(0.25)
+        unhealthy = {n: v for n, v in verdicts.items() if v != "healthy"}
+        missing = sorted(set(self.pods) - ready)
+        raise TimeoutError(
+            f"lab not serving after {timeout_s:g} s: nodes not healthy {unhealthy}, "
+            f"Pods not ready {missing}; logs in {self.work_dir / 'logs'}"
+        )

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the Debian packages the lab needs, when they are missing: Prometheus and Alertmanager
+# (with promtool and amtool) and iproute2 for network namespaces, veth pairs and tc netem.
+set -euo pipefail
+
+packages=(prometheus prometheus-alertmanager iproute2)
+commands=(prometheus prometheus-alertmanager ip)
+
+missing=()
+for i in "${!commands[@]}"; do
+  command -v "${commands[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")
+done
+# tc comes with iproute2; the netem qdisc needs the kernel module sch_netem, loaded on demand.
+command -v tc >/dev/null 2>&1 || missing+=(iproute2)
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "missing Debian packages: ${missing[*]}; install them as root (apt-get install)" >&2
+  exit 1
+fi
+echo "[setup] installing Debian packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"

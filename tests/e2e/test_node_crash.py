@@ -1,0 +1,96 @@
+"""A crashed node is cut within seconds, nothing else is touched, and recovery restores it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from isolator.lab.environment import Lab
+from tests.e2e.conftest import start_lab
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.xdist_group("node-crash"),
+    pytest.mark.timeout(240),
+]
+
+CRASHED = "r1-n02"
+CUT_DEADLINE_S = 5.0
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def lab() -> AsyncIterator[Lab]:
+    lab = await start_lab()
+    try:
+        yield lab
+    finally:
+        await lab.stop()
+
+
+async def _wait_until_not_ready(lab: Lab, pods: set[str], timeout_s: float) -> float | None:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if not pods & await lab.ready_pods():
+            return time.monotonic() - started
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def test_malformed_bodies_rejected_loop_alive(lab: Lab) -> None:
+    bad_heartbeat = json.dumps({"node": "r1-n01", "region": "r1", "seq": "one"}).encode()
+    bad_webhook = json.dumps({"version": "4", "alerts": "not-a-list"}).encode()
+
+    heartbeat_status, heartbeat_answer = await lab.post(
+        "/v1/heartbeats", bad_heartbeat, "application/json"
+    )
+    webhook_status, webhook_answer = await lab.post(
+        "/v1/alerts/webhook", bad_webhook, "application/json"
+    )
+    garbage_status, _ = await lab.post("/v1/heartbeats", b"\x00\xff{", "application/json")
+
+    assert heartbeat_status == 422, heartbeat_answer
+    assert {"seq", "sent_at"} <= {f["field"] for f in heartbeat_answer["fields"]}
+    assert webhook_status == 422, webhook_answer
+    assert "alerts" in {f["field"] for f in webhook_answer["fields"]}
+    assert 400 <= garbage_status < 500
+    passes_before = (await lab.get("/v1/status"))["passes"]
+    await asyncio.sleep(1.0)
+    assert (await lab.get("/v1/status"))["passes"] > passes_before
+    lab.check_isolator_running()
+
+
+async def test_crashed_node_cut_within_deadline(lab: Lab) -> None:
+    crashed_pods = {pod for pod, node in lab.pods.items() if node == CRASHED}
+    others = set(lab.pods) - crashed_pods
+
+    await lab.crash_node(CRASHED)
+    latency = await _wait_until_not_ready(lab, crashed_pods, timeout_s=CUT_DEADLINE_S)
+
+    assert latency is not None, f"{CRASHED} still serving {CUT_DEADLINE_S} s after the crash"
+    assert await lab.ready_pods() == others
+    assert (await lab.node_verdicts())[CRASHED] == "failed"
+
+
+async def test_cut_holds_against_endpoint_controller(lab: Lab) -> None:
+    crashed_pods = {pod for pod, node in lab.pods.items() if node == CRASHED}
+
+    await asyncio.sleep(10.0)
+
+    assert not crashed_pods & await lab.ready_pods()
+    isolations = await lab.get("/v1/isolations")
+    assert [iso["node"] for iso in isolations] == [CRASHED]
+    assert isolations[0]["verified"] is True
+
+
+async def test_recovered_node_restored(lab: Lab) -> None:
+    await lab.recover_node(CRASHED)
+
+    await lab.wait_until_serving(timeout_s=30.0)
+
+    assert await lab.ready_pods() == set(lab.pods)
+    assert await lab.get("/v1/isolations") == []
