@@ -13,6 +13,9 @@ SERVING_CONDITION = "isolator.io/serving"
 # restarted isolator can rebuild its state from Kubernetes alone.
 CUT_ANNOTATION = "isolator.io/cut"
 
+# Name under which the ingress check counts among a node's components.
+INGRESS_COMPONENT = "ingress"
+
 # Node label that places an edge node in its region.
 REGION_LABEL = "topology.kubernetes.io/region"
 
@@ -87,6 +90,8 @@ class NodeEvidence:
     probe_failures: int = 0
     site_up: SiteSample | None = None  # the edge Prometheus's `up` for this node's agent
     firing_alerts: set[str] = field(default_factory=set)
+    # Consecutive heartbeats that reported each component (or the ingress path) failing.
+    component_failures: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -106,6 +111,7 @@ class NodeAssessment:
     verdict: NodeVerdict
     reason: str
     silent_for_s: float | None
+    component: str | None = None  # the failed component on a live node; None for the node
 
 
 @dataclass(frozen=True, slots=True)

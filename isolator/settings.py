@@ -69,6 +69,14 @@ class Settings(BaseSettings):
             "packet and one late packet on a weak WAN link."
         ),
     )
+    component_failure_count: int = Field(
+        3,
+        ge=1,
+        description=(
+            "Consecutive heartbeats that must report a component or the ingress path failing "
+            "before the node counts as failed. Three rides out one slow health check."
+        ),
+    )
     probe_timeout_s: float = Field(
         0.8,
         gt=0,
@@ -210,4 +218,22 @@ class AgentSettings(BaseSettings):
     )
     heartbeat_timeout_s: float = Field(
         0.8, gt=0, description="Timeout of one heartbeat request, in seconds."
+    )
+    components: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Health endpoints of the node's components, as a JSON object of name to URL, for "
+            'example {"kubelet": "http://127.0.0.1:10248/healthz"}. A component counts as up '
+            "while its endpoint answers 2xx within the check timeout."
+        ),
+    )
+    ingress_check_url: str | None = Field(
+        None,
+        description=(
+            "A URL served through this node's ingress controller. The agent requests it every "
+            "heartbeat interval, so the data path itself is checked, not only the processes."
+        ),
+    )
+    check_timeout_s: float = Field(
+        0.5, gt=0, description="Timeout of one component or ingress check, in seconds."
     )

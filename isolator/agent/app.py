@@ -6,6 +6,7 @@ site, so the isolator can tell "the node is down" from "the cloud cannot hear th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -19,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from isolator.agent.checks import CheckResult, check_components, check_url
 from isolator.clock import Clock, SystemClock
 from isolator.logs import truncate
 from isolator.settings import AgentSettings
@@ -49,6 +51,22 @@ class AgentMetrics:
         self.probes = Counter(
             "isolator_agent_probes_total", "Probes answered.", registry=self.registry
         )
+        self.component_up = Gauge(
+            "isolator_agent_component_up",
+            "1 while the component's health endpoint answers 2xx, 0 when it does not.",
+            ["component"],
+            registry=self.registry,
+        )
+        self.ingress_up = Gauge(
+            "isolator_agent_ingress_check_up",
+            "1 while a request through the node's ingress succeeds, 0 when it fails.",
+            registry=self.registry,
+        )
+        self.ingress_seconds = Gauge(
+            "isolator_agent_ingress_check_duration_seconds",
+            "Duration of the latest request through the node's ingress.",
+            registry=self.registry,
+        )
 
 
 class Agent:
@@ -60,6 +78,8 @@ class Agent:
         self.seq = 0
         self._clock = clock or SystemClock()
         self._last_result = ""
+        self.components: dict[str, CheckResult] = {}
+        self.ingress: CheckResult | None = None
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -80,6 +100,28 @@ class Agent:
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def run_checks(self) -> None:
+        """Check components and the ingress path once per heartbeat interval until cancelled."""
+        if not self.settings.components and self.settings.ingress_check_url is None:
+            return
+        timeout = aiohttp.ClientTimeout(total=self.settings.check_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                started = self._clock.monotonic()
+                await self.check_once(session)
+                elapsed = self._clock.monotonic() - started
+                await self._clock.sleep(self.settings.heartbeat_interval_s - elapsed)
+
+    async def check_once(self, session: aiohttp.ClientSession) -> None:
+        """Run every configured check once and publish the results."""
+        self.components = await check_components(session, self.settings.components)
+        for name, result in self.components.items():
+            self.metrics.component_up.labels(name).set(int(result.ok))
+        if self.settings.ingress_check_url is not None:
+            self.ingress = await check_url(session, self.settings.ingress_check_url)
+            self.metrics.ingress_up.set(int(self.ingress.ok))
+            self.metrics.ingress_seconds.set(self.ingress.duration_s)
+
     async def send_heartbeats(self) -> None:
         """Send one heartbeat per interval until cancelled; failures are logged and counted."""
         timeout = aiohttp.ClientTimeout(total=self.settings.heartbeat_timeout_s)
@@ -98,6 +140,8 @@ class Agent:
             "region": self.settings.region,
             "seq": self.seq,
             "sent_at": time.time(),
+            "components": {name: result.ok for name, result in self.components.items()},
+            "ingress_ok": None if self.ingress is None else self.ingress.ok,
         }
         self.seq += 1
         try:
@@ -131,6 +175,8 @@ async def run_agent(settings: AgentSettings) -> None:
         extra={"node": settings.node, "region": settings.region, "port": settings.listen_port},
     )
     try:
-        await agent.send_heartbeats()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(agent.run_checks())
+            group.create_task(agent.send_heartbeats())
     finally:
         await runner.cleanup()

@@ -21,6 +21,7 @@ from isolator.engine.evidence import HeartbeatOutcome
 from isolator.engine.loop import Controller
 from isolator.logs import truncate
 from isolator.metrics import Metrics
+from isolator.model import INGRESS_COMPONENT
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,17 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
 
     @app.post("/v1/heartbeats")
     async def receive_heartbeat(beat: Heartbeat) -> JSONResponse:
+        health = dict(beat.components)
+        if beat.ingress_ok is not None:
+            health[INGRESS_COMPONENT] = beat.ingress_ok
         outcome = controller.store.record_heartbeat(
-            beat.node, beat.region, beat.seq, beat.sent_at, clock.monotonic(), clock.wall()
+            beat.node,
+            beat.region,
+            beat.seq,
+            beat.sent_at,
+            clock.monotonic(),
+            clock.wall(),
+            components=health,
         )
         if outcome is HeartbeatOutcome.UNKNOWN_NODE:
             metrics.heartbeats_rejected.labels("unknown_node").inc()

@@ -16,6 +16,7 @@ NODE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
 NodeName = Annotated[str, Field(min_length=1, max_length=253, pattern=NODE_NAME_PATTERN)]
 RegionName = Annotated[str, Field(min_length=1, max_length=63)]
+ComponentName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][-a-z0-9]*$")]
 
 
 class Heartbeat(BaseModel):
@@ -27,6 +28,14 @@ class Heartbeat(BaseModel):
     region: RegionName
     seq: int = Field(ge=0, le=2**63 - 1, description="Sequence number, from 0 at agent start.")
     sent_at: float = Field(description="The agent's wall-clock time, in Unix seconds.")
+    components: dict[ComponentName, bool] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Health of each checked component on the node: true while it answers.",
+    )
+    ingress_ok: bool | None = Field(
+        None, description="Result of the latest request through the node's ingress."
+    )
 
     @field_validator("sent_at")
     @classmethod

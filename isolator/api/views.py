@@ -41,7 +41,9 @@ def node_view(controller: Controller, name: str, clock: Clock) -> dict[str, Any]
             "probe_failures": evidence.probe_failures,
             "site_up": _sample(evidence.site_up),
             "firing_alerts": sorted(evidence.firing_alerts),
+            "component_failures": dict(sorted(evidence.component_failures.items())),
         },
+        "component": verdict.component if verdict else None,
     }
 
 

@@ -33,6 +33,7 @@ class Thresholds:
     heartbeat_timeout_s: float
     site_max_age_s: float
     fail_safe_region_fraction: float
+    component_failure_count: int = 3
 
 
 def _fresh(sample: SiteSample | None, max_age_s: float) -> SiteSample | None:
@@ -49,14 +50,23 @@ def classify_node(evidence: NodeEvidence, now: float, limits: Thresholds) -> Nod
     """Judge one node from its heartbeats, probes and in-site view."""
     silent_for = _age(evidence.last_heartbeat_at, now)
 
-    def verdict(value: NodeVerdict, reason: str) -> NodeAssessment:
-        return NodeAssessment(evidence.node, evidence.region, value, reason, silent_for)
+    def verdict(value: NodeVerdict, reason: str, component: str | None = None) -> NodeAssessment:
+        return NodeAssessment(evidence.node, evidence.region, value, reason, silent_for, component)
 
     if evidence.last_heartbeat_at is None or evidence.last_probe_ok_at is None:
         return verdict(NodeVerdict.UNKNOWN, "not yet seen both ways (heartbeat and probe)")
 
     assert silent_for is not None  # last_heartbeat_at was checked above
     if silent_for <= limits.heartbeat_timeout_s:
+        failed = sorted(
+            name
+            for name, count in evidence.component_failures.items()
+            if count >= limits.component_failure_count
+        )
+        if failed:
+            # A live heartbeat does not veto a failure the agent itself reports.
+            reason = f"{', '.join(failed)} failed {limits.component_failure_count} checks in a row"
+            return verdict(NodeVerdict.FAILED, reason, component=failed[0])
         return verdict(NodeVerdict.HEALTHY, "heartbeats on time")
 
     probe_age = _age(evidence.last_probe_ok_at, now)

@@ -7,7 +7,7 @@ clock-skew figure; they never decide freshness.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from isolator.model import EdgeNode, NodeEvidence, RegionEvidence, SiteView
 
@@ -50,9 +50,19 @@ class EvidenceStore:
             self.regions.setdefault(region, RegionEvidence(region=region))
 
     def record_heartbeat(
-        self, node: str, region: str, seq: int, sent_at: float, now: float, wall_now: float
+        self,
+        node: str,
+        region: str,
+        seq: int,
+        sent_at: float,
+        now: float,
+        wall_now: float,
+        components: Mapping[str, bool] | None = None,
     ) -> HeartbeatOutcome:
-        """Record one heartbeat received at monotonic time ``now``."""
+        """Record one heartbeat received at monotonic time ``now``.
+
+        ``components`` maps each checked component, and the ingress path, to its health.
+        """
         evidence = self.nodes.get(node)
         if evidence is None:
             return HeartbeatOutcome.UNKNOWN_NODE
@@ -66,6 +76,7 @@ class EvidenceStore:
         evidence.heartbeat_seq = seq
         evidence.heartbeat_count += 1
         evidence.clock_skew_s = wall_now - sent_at
+        _count_failures(evidence.component_failures, components or {})
         return HeartbeatOutcome.ACCEPTED
 
     def record_probe(self, node: str, ok: bool, now: float) -> None:
@@ -97,3 +108,12 @@ class EvidenceStore:
         else:
             evidence.firing_alerts.discard(alertname)
         return True
+
+
+def _count_failures(failures: dict[str, int], health: Mapping[str, bool]) -> None:
+    """Count consecutive failed reports per component; a component no longer reported is
+    forgotten, so a check that was removed cannot keep a node failed."""
+    for name in failures.keys() - health.keys():
+        del failures[name]
+    for name, ok in health.items():
+        failures[name] = 0 if ok else failures.get(name, 0) + 1

@@ -84,6 +84,7 @@ class Controller:
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             site_max_age_s=settings.site_max_age_s,
             fail_safe_region_fraction=settings.fail_safe_region_fraction,
+            component_failure_count=settings.component_failure_count,
         )
         self._policy = Policy(
             correlation_window_s=settings.correlation_window_s,

@@ -39,6 +39,7 @@ class Harness:
     silent: set[str] = field(default_factory=set)  # no heartbeats, no probe answers
     site_down: set[str] = field(default_factory=set)  # edge Prometheus scrapes them down
     dark_regions: set[str] = field(default_factory=set)  # federation target down
+    failing: dict[str, set[str]] = field(default_factory=dict)  # node -> components reported down
 
     @classmethod
     async def start(cls, regions: int = 3, nodes: int = 10, **overrides: Any) -> Harness:
@@ -63,7 +64,11 @@ class Harness:
         for name, ev in self.controller.store.nodes.items():
             if name not in self.silent:
                 seq = (ev.heartbeat_seq or 0) + 1
-                self.controller.store.record_heartbeat(name, ev.region, seq, wall, now, wall)
+                down = self.failing.get(name, set())
+                health = {c: c not in down for c in ("kubelet", "kube-proxy", "ingress")}
+                self.controller.store.record_heartbeat(
+                    name, ev.region, seq, wall, now, wall, components=health
+                )
         await self.controller.probe()
         self.site.agents = {
             name: SiteSample(0.0 if name in self.site_down else 1.0, 0.5)

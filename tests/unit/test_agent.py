@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
 
 from isolator.agent.app import Agent
 from isolator.settings import AgentSettings
@@ -60,3 +61,40 @@ async def test_unreachable_isolator_counted_not_raised() -> None:
 
     assert agent.metrics.heartbeats.labels("error")._value.get() == 1
     assert agent.seq == 1
+
+
+async def test_component_and_ingress_checks_reported() -> None:
+    async def healthy(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def broken(_: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    node = web.Application()
+    node.router.add_get("/kubelet", healthy)
+    node.router.add_get("/kube-proxy", broken)
+    node.router.add_get("/ingress", broken)
+    async with TestServer(node) as server, aiohttp.ClientSession() as session:
+        agent = Agent(
+            AgentSettings(
+                node="r1-n01",
+                region="r1",
+                isolator_url="http://127.0.0.1:1",
+                components={
+                    "kubelet": str(server.make_url("/kubelet")),
+                    "kube-proxy": str(server.make_url("/kube-proxy")),
+                },
+                ingress_check_url=str(server.make_url("/ingress")),
+            )
+        )
+        await agent.check_once(session)
+
+    assert {name: r.ok for name, r in agent.components.items()} == {
+        "kubelet": True,
+        "kube-proxy": False,
+    }
+    assert agent.ingress is not None
+    assert agent.ingress.ok is False
+    text = generate_latest(agent.metrics.registry).decode()
+    assert 'isolator_agent_component_up{component="kube-proxy"} 0.0' in text
+    assert "isolator_agent_ingress_check_up 0.0" in text

@@ -196,3 +196,30 @@ async def test_no_cut_without_in_site_evidence(down: bool) -> None:
 
     assert harness.node_verdict("r1-n01") is NodeVerdict.SUSPECT
     assert harness.cluster.cuts == []
+
+
+async def test_live_node_with_failed_component_cut() -> None:
+    harness = await Harness.start()
+    harness.failing["r2-n04"] = {"kube-proxy"}
+
+    await harness.run_for(1.0)
+    assert harness.node_verdict("r2-n04") is NodeVerdict.HEALTHY, "one failed check is noise"
+
+    await harness.run_for(3.0)
+    assessment = harness.controller.state.assessment
+    assert assessment is not None
+    assert assessment.nodes["r2-n04"].verdict is NodeVerdict.FAILED
+    assert assessment.nodes["r2-n04"].component == "kube-proxy"
+    assert harness.cluster.cuts == ["r2-n04"]
+
+
+async def test_component_recovering_between_checks_not_cut() -> None:
+    harness = await Harness.start()
+
+    for _ in range(10):
+        harness.failing["r2-n04"] = {"ingress"}
+        await harness.run_for(0.5)
+        harness.failing.clear()
+        await harness.run_for(0.5)
+
+    assert harness.cluster.cuts == []
