@@ -39,6 +39,13 @@ class Settings(BaseSettings):
             "unknown evidence, so it must stay well under the heartbeat timeout."
         ),
     )
+    alertmanager_url: str | None = Field(
+        None,
+        description=(
+            "Base URL of Alertmanager, read for the full alert set when a webhook notification "
+            "was truncated. Unset means truncated notifications add only the alerts they carry."
+        ),
+    )
     agent_job: str = Field(
         "isolator-agent",
         description="Prometheus job name under which each edge Prometheus scrapes the agents.",

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from isolator.api.schemas import AlertmanagerWebhook, Heartbeat
 from isolator.api.views import node_view, region_view, status_view
 from isolator.clock import Clock
-from isolator.engine.alerts import AlertLedger, AlertOutcome, IncomingAlert
+from isolator.engine.alerts import AlertOutcome, IncomingAlert
 from isolator.engine.evidence import HeartbeatOutcome
 from isolator.engine.loop import Controller
 from isolator.logs import truncate
@@ -39,7 +39,7 @@ def _field_errors(err: RequestValidationError) -> list[dict[str, str]]:
 def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAPI:
     """Build the API around a running controller."""
     app = FastAPI(title="isolator", version="0.1.0")
-    ledger = AlertLedger(controller.store)
+    ledger = controller.alerts
     settings = controller.settings
 
     @app.middleware("http")
@@ -119,14 +119,20 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
             metrics.webhook_alerts.labels(outcome.value).inc()
             if outcome is AlertOutcome.UNMAPPED and "node" in alert.labels:
                 unmapped.append(truncate(alert.labels["node"], 64))
+        reread = None
         if notification.truncatedAlerts:
-            # TODO: re-read the full alert set from Alertmanager when alerts were truncated;
-            # until then the truncated alerts add no evidence.
+            # The notification holds only part of its group, so its alerts and labels do not
+            # describe the scope: read every active alert from Alertmanager instead.
+            reread = "scheduled" if controller.request_alert_reread() else "unavailable"
             logger.warning(
                 "notification truncated",
-                extra={"truncated": notification.truncatedAlerts, "group": notification.groupKey},
+                extra={
+                    "truncated": notification.truncatedAlerts,
+                    "group": truncate(notification.groupKey, 128),
+                    "reread": reread,
+                },
             )
-        return {"alerts": dict(outcomes), "unmapped_nodes": unmapped}
+        return {"alerts": dict(outcomes), "unmapped_nodes": unmapped, "reread": reread}
 
     @app.get("/v1/status")
     async def read_status() -> dict[str, Any]:

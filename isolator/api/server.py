@@ -14,6 +14,7 @@ from isolator.engine.loop import Controller
 from isolator.metrics import Metrics
 from isolator.settings import Settings
 from isolator.sources.agents import AgentProber
+from isolator.sources.alertmanager import AlertmanagerSource
 from isolator.sources.kubernetes import KubernetesSource
 from isolator.sources.prometheus import PrometheusSource
 
@@ -39,7 +40,14 @@ async def run_service(settings: Settings) -> None:
         clock=clock,
     )
     prober = AgentProber(timeout_s=settings.probe_timeout_s)
-    controller = Controller(settings, cluster, prometheus, prober, metrics, clock)
+    alerts = (
+        AlertmanagerSource(settings.alertmanager_url, timeout_s=settings.prometheus_timeout_s)
+        if settings.alertmanager_url
+        else None
+    )
+    controller = Controller(
+        settings, cluster, prometheus, prober, metrics, clock, alert_reader=alerts
+    )
     app = create_app(controller, metrics, clock)
     config = uvicorn.Config(
         app,

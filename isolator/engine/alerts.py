@@ -66,3 +66,19 @@ class AlertLedger:
         self._seen.move_to_end(key)
         while len(self._seen) > self._kept:
             self._seen.popitem(last=False)
+
+    def replace_active(self, alerts: list[IncomingAlert]) -> dict[str, int]:
+        """Make ``alerts`` the complete set of firing alerts, as read from Alertmanager.
+
+        Returns how many alerts were recorded and how many named no tracked node.
+        """
+        for evidence in self._store.nodes.values():
+            evidence.firing_alerts.clear()
+        counts = {"recorded": 0, "unmapped": 0}
+        for alert in alerts:
+            self._remember((alert.fingerprint, alert.starts_at), alert.firing)
+            mapped = alert.node is not None and self._store.record_alert(
+                alert.node, alert.alertname, alert.firing
+            )
+            counts["recorded" if mapped else "unmapped"] += 1
+        return counts

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isolator.clock import Clock
+from isolator.engine.alerts import AlertLedger, IncomingAlert
 from isolator.engine.classify import Thresholds, classify, classify_node
 from isolator.engine.decide import Decision, Kind, Memory, Policy, decide
 from isolator.engine.evidence import EvidenceStore
-from isolator.engine.ports import ActionOutcome, Cluster, Prober, SiteViewReader
+from isolator.engine.ports import ActionOutcome, AlertReader, Cluster, Prober, SiteViewReader
 from isolator.metrics import Metrics
 from isolator.model import Assessment, GlobalVerdict, NodeVerdict
 from isolator.settings import Settings
@@ -66,9 +67,13 @@ class Controller:
         prober: Prober,
         metrics: Metrics,
         clock: Clock,
+        alert_reader: AlertReader | None = None,
     ) -> None:
         self.settings = settings
         self.store = EvidenceStore()
+        self.alerts = AlertLedger(self.store)
+        self._alert_reader = alert_reader
+        self._reread: asyncio.Task[None] | None = None
         self.state = LoopState()
         self.isolations: dict[str, Isolation] = {}
         self.audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_RECORDS_KEPT)
@@ -286,6 +291,34 @@ class Controller:
             outcome.verified,
             outcome.detail,
         )
+
+    def request_alert_reread(self) -> bool:
+        """Start reading the full alert set unless a read is running; False without a reader."""
+        if self._alert_reader is None:
+            return False
+        if self._reread is None or self._reread.done():
+            self._reread = asyncio.create_task(self._reread_alerts(self._alert_reader))
+        return True
+
+    async def wait_for_alert_reread(self) -> None:
+        """Wait until the running alert re-read, if any, has finished."""
+        if self._reread is not None:
+            await self._reread
+
+    async def _reread_alerts(self, reader: AlertReader) -> None:
+        try:
+            active = await reader.active_alerts()
+        except SourceError as err:
+            logger.warning("alert re-read failed", extra={"error": str(err)})
+            return
+        alerts = [
+            IncomingAlert(
+                fingerprint, starts_at, firing, labels.get("alertname", ""), labels.get("node")
+            )
+            for fingerprint, starts_at, firing, labels in active
+        ]
+        counts = self.alerts.replace_active(alerts)
+        logger.info("alerts re-read", extra=counts)
 
     def _still_failed(self, node: str) -> bool:
         """Classify the node again on the evidence as it is now, right before cutting it."""

@@ -6,6 +6,7 @@ real adapters in the service.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from isolator.model import EdgeNode, SiteView
@@ -51,3 +52,9 @@ class Prober(Protocol):
     """Sends one probe to an agent and reports whether it answered correctly."""
 
     async def probe(self, node: str, url: str) -> bool: ...
+
+
+class AlertReader(Protocol):
+    """Reads every active alert: fingerprint, start time, firing flag and labels."""
+
+    async def active_alerts(self) -> list[tuple[str, datetime, bool, dict[str, str]]]: ...

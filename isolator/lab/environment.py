@@ -215,6 +215,7 @@ class Lab:
             "ISOLATOR_LISTEN_PORT": str(self.isolator_port),
             "ISOLATOR_KUBECONFIG": str(self.kubeconfig),
             "ISOLATOR_PROMETHEUS_URL": self.monitoring.central_url,
+            "ISOLATOR_ALERTMANAGER_URL": self.monitoring.alertmanager_url,
             "ISOLATOR_AGENT_PORT": str(AGENT_PORT),
             "ISOLATOR_LOG_JSON": "true",
             **self.spec.isolator_settings,

@@ -42,12 +42,16 @@ class Harness:
     failing: dict[str, set[str]] = field(default_factory=dict)  # node -> components reported down
 
     @classmethod
-    async def start(cls, regions: int = 3, nodes: int = 10, **overrides: Any) -> Harness:
+    async def start(
+        cls, regions: int = 3, nodes: int = 10, alert_reader: Any = None, **overrides: Any
+    ) -> Harness:
         clock = ManualClock()
         cluster = FakeCluster(nodes=estate(regions, nodes))
         site, prober = FakeSite(), FakeProber()
         settings = Settings(**{**FAST, **overrides})
-        controller = Controller(settings, cluster, site, prober, Metrics(), clock)
+        controller = Controller(
+            settings, cluster, site, prober, Metrics(), clock, alert_reader=alert_reader
+        )
         harness = cls(controller, cluster, site, prober, clock)
         await controller.refresh()
         await harness.run_for(1.0)

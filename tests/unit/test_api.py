@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from isolator.api.app import create_app
 from isolator.metrics import Metrics
 from isolator.model import EdgeNode
+from isolator.sources.errors import SourceUnavailableError
 from tests.unit.harness import Harness
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -229,3 +231,79 @@ async def test_metrics_exposed(client: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200
     assert "isolator_heartbeat_received_total" in response.text
+
+
+class FakeAlertmanager:
+    """Holds the full alert set; ``fail`` makes every read raise."""
+
+    def __init__(self, alerts: list[tuple[str, datetime, bool, dict[str, str]]]) -> None:
+        self.alerts = alerts
+        self.fail = False
+        self.reads = 0
+
+    async def active_alerts(self) -> list[tuple[str, datetime, bool, dict[str, str]]]:
+        self.reads += 1
+        if self.fail:
+            raise SourceUnavailableError("Alertmanager timed out")
+        return self.alerts
+
+
+def full_alert_set() -> list[tuple[str, datetime, bool, dict[str, str]]]:
+    """40 firing alerts in one group: 12 about r1 nodes and 28 about r2 nodes."""
+    started = datetime(2026, 12, 4, 10, 0, tzinfo=UTC)
+    alerts = []
+    for i in range(40):
+        region, j = ("r1", i % 3 + 1) if i < 12 else ("r2", i % 3 + 1)
+        labels = {"alertname": f"Probe{i}", "node": f"{region}-n{j:02d}", "region": region}
+        alerts.append((f"fp{i}", started, True, labels))
+    return alerts
+
+
+async def test_truncated_notification_rereads_full_set() -> None:
+    source = FakeAlertmanager(full_alert_set())
+    harness = await Harness.start(regions=2, nodes=3, alert_reader=source)
+    app = create_app(harness.controller, Metrics(), harness.clock)
+    payload = [alert(f"r1-n{i % 3 + 1:02d}", fingerprint=f"fp{i}") for i in range(5)]
+    body = notification(*payload, truncatedAlerts=35, commonLabels={"region": "r1"})
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://isolator"
+    ) as client:
+        response = await client.post("/v1/alerts/webhook", json=body)
+        await harness.controller.wait_for_alert_reread()
+
+    assert response.status_code == 200, response.text
+    assert response.json()["reread"] == "scheduled"
+    assert source.reads == 1
+    firing = {n: len(ev.firing_alerts) for n, ev in harness.controller.store.nodes.items()}
+    assert sum(firing.values()) == 40
+    assert sum(v for n, v in firing.items() if n.startswith("r2-")) == 28
+
+
+async def test_failed_reread_changes_nothing() -> None:
+    source = FakeAlertmanager(full_alert_set())
+    source.fail = True
+    harness = await Harness.start(regions=2, nodes=3, alert_reader=source)
+    app = create_app(harness.controller, Metrics(), harness.clock)
+    body = notification(alert("r1-n01"), truncatedAlerts=35)
+
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://isolator"
+    ) as client:
+        response = await client.post("/v1/alerts/webhook", json=body)
+        await harness.controller.wait_for_alert_reread()
+    await harness.run_for(5.0)
+
+    assert response.status_code == 200, response.text
+    assert harness.cluster.cuts == []
+    assert harness.controller.store.nodes["r2-n01"].firing_alerts == set()
+
+
+async def test_truncated_without_alertmanager_reports_unavailable(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        "/v1/alerts/webhook", json=notification(alert("r1-n01"), truncatedAlerts=3)
+    )
+
+    assert response.json()["reread"] == "unavailable"
