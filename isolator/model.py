@@ -73,6 +73,7 @@ class SiteView:
 
     agents: Mapping[str, SiteSample]  # node name -> the edge Prometheus's `up` for its agent
     federation: Mapping[str, SiteSample]  # region -> the central's `up` for its /federate
+    kubelets: Mapping[str, SiteSample] = field(default_factory=dict)  # node -> kubelet `up`
 
 
 @dataclass(slots=True)
@@ -89,6 +90,7 @@ class NodeEvidence:
     last_probe_failed_at: float | None = None
     probe_failures: int = 0
     site_up: SiteSample | None = None  # the edge Prometheus's `up` for this node's agent
+    site_kubelet_up: SiteSample | None = None  # the edge Prometheus's `up` for its kubelet
     firing_alerts: set[str] = field(default_factory=set)
     # Consecutive heartbeats that reported each component (or the ingress path) failing.
     component_failures: dict[str, int] = field(default_factory=dict)

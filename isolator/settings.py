@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         "isolator-agent",
         description="Prometheus job name under which each edge Prometheus scrapes the agents.",
     )
+    kubelet_job: str = Field(
+        "kubelet",
+        description=(
+            "Job name under which each edge Prometheus scrapes the nodes' kubelets, with a "
+            "`node` target label. A kubelet still scraped up means the node serves even when "
+            "its agent is gone."
+        ),
+    )
     federation_job: str = Field(
         "federate",
         description="Job name under which the central Prometheus scrapes each edge /federate.",

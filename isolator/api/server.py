@@ -36,6 +36,7 @@ async def run_service(settings: Settings) -> None:
         timeout_s=settings.prometheus_timeout_s,
         agent_job=settings.agent_job,
         federation_job=settings.federation_job,
+        kubelet_job=settings.kubelet_job,
         metrics=metrics,
         clock=clock,
     )

@@ -7,7 +7,7 @@ deciding what to do about a verdict belongs to the decision step.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from isolator.model import (
@@ -73,11 +73,27 @@ def classify_node(evidence: NodeEvidence, now: float, limits: Thresholds) -> Nod
     if probe_age is not None and probe_age <= limits.heartbeat_timeout_s:
         return verdict(NodeVerdict.UNREACHABLE, "heartbeats lost but probes answered")
 
-    site = _fresh(evidence.site_up, limits.site_max_age_s)
-    if site is None:
+    return _judge_silent_node(evidence, limits, verdict)
+
+
+def _judge_silent_node(
+    evidence: NodeEvidence,
+    limits: Thresholds,
+    verdict: Callable[[NodeVerdict, str], NodeAssessment],
+) -> NodeAssessment:
+    """Judge a node the cloud cannot hear, from what its edge Prometheus sees inside the site.
+
+    The node is failed only when every target the site has fresh data for is down: a dead
+    agent next to a kubelet that still answers is an agent crash on a serving node.
+    """
+    agent = _fresh(evidence.site_up, limits.site_max_age_s)
+    kubelet = _fresh(evidence.site_kubelet_up, limits.site_max_age_s)
+    if agent is None and kubelet is None:
         return verdict(NodeVerdict.SUSPECT, "silent, and no fresh in-site view")
-    if site.value >= 1:
+    if agent is not None and agent.value >= 1:
         return verdict(NodeVerdict.UNREACHABLE, "silent to the cloud, edge Prometheus scrapes it")
+    if kubelet is not None and kubelet.value >= 1:
+        return verdict(NodeVerdict.UNREACHABLE, "agent down, edge Prometheus scrapes its kubelet")
     return verdict(NodeVerdict.FAILED, "silent, and the edge Prometheus scrapes it down")
 
 

@@ -95,6 +95,7 @@ class EvidenceStore:
         """Replace the in-site view; None means the central Prometheus could not be read."""
         for name, evidence in self.nodes.items():
             evidence.site_up = view.agents.get(name) if view else None
+            evidence.site_kubelet_up = view.kubelets.get(name) if view else None
         for region, region_evidence in self.regions.items():
             region_evidence.federation_up = view.federation.get(region) if view else None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -24,9 +25,14 @@ import aiohttp
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from isolator.lab import cluster
+from isolator.lab import cluster, nodesim
 from isolator.lab.controlplane import ControlPlane, locate_binaries
-from isolator.lab.monitoring import Monitoring, MonitoringOptions, free_port
+from isolator.lab.monitoring import (
+    Monitoring,
+    MonitoringOptions,
+    free_port,
+    generated_rule_files,
+)
 from isolator.lab.netns import LabLock, RegionNetwork, remove_stale_namespaces
 from isolator.lab.process import ManagedProcess
 
@@ -71,6 +77,8 @@ class LabSpec:
             federation_interval_s=0.5,
             federation_timeout_s=0.4,
             evaluation_interval_s=1.0,
+            rule_files=generated_rule_files(REPO_ROOT),
+            scrape_isolator=True,
         )
     )
     isolator_settings: dict[str, str] = field(default_factory=dict)  # ISOLATOR_* overrides
@@ -94,6 +102,7 @@ class Lab:
         self.nodes: dict[str, str] = {}  # node -> region
         self.pods: dict[str, str] = {}  # pod -> node
         self.agents: dict[str, ManagedProcess] = {}
+        self.node_sims: dict[str, ManagedProcess] = {}
         self.isolator_port = 0
         self._lock: LabLock | None = None
         self._control_plane: ControlPlane | None = None
@@ -153,13 +162,14 @@ class Lab:
         await self._monitoring.start()
         self._start_isolator()
         for node in self.nodes:
+            self.start_node_sim(node)
             self.start_agent(node)
         await self.wait_until_serving(timeout_s=60.0)
 
     async def stop(self) -> None:
         """Stop everything that was started; safe after a failed start and when called twice."""
-        for agent in self.agents.values():
-            agent.stop(timeout_s=2.0)
+        for process in [*self.agents.values(), *self.node_sims.values()]:
+            process.stop(timeout_s=2.0)
         if self._isolator is not None:
             self._isolator.stop(timeout_s=5.0)
         if self._monitoring is not None:
@@ -240,6 +250,9 @@ class Lab:
             "ISOLATOR_AGENT_LISTEN_PORT": str(AGENT_PORT),
             "ISOLATOR_AGENT_HEARTBEAT_INTERVAL_S": str(self.spec.heartbeat_interval_s),
             "ISOLATOR_AGENT_HEARTBEAT_TIMEOUT_S": str(self.spec.heartbeat_interval_s * 0.8),
+            "ISOLATOR_AGENT_COMPONENTS": json.dumps(nodesim.component_urls(self._node_ip(node))),
+            "ISOLATOR_AGENT_INGRESS_CHECK_URL": nodesim.ingress_url(self._node_ip(node)),
+            "ISOLATOR_AGENT_CHECK_TIMEOUT_S": str(self.spec.heartbeat_interval_s * 0.6),
         }
         agent = ManagedProcess(
             f"agent-{node}",
@@ -250,15 +263,42 @@ class Lab:
         agent.start()
         self.agents[node] = agent
 
+    def start_node_sim(self, node: str) -> None:
+        """Start (or restart) the simulated components of ``node`` inside its region."""
+        network = self.networks[self.nodes[node]]
+        listen = f"{self._node_ip(node)}:{nodesim.NODESIM_PORT}"
+        argv = [sys.executable, "-m", "isolator.lab.nodesim", "--listen", listen, "--node", node]
+        process = ManagedProcess(
+            f"nodesim-{node}", network.wrap(argv), self.work_dir / "logs" / f"nodesim-{node}.log"
+        )
+        process.start()
+        self.node_sims[node] = process
+
     async def crash_node(self, node: str) -> None:
-        """Crash a node: its agent is killed and the Node is marked down."""
+        """Crash a node: its agent and components are killed and the Node is marked down."""
         self.agents[node].kill()
+        self.node_sims[node].kill()
         await cluster.set_node_down(self.api, node, True)
 
     async def recover_node(self, node: str) -> None:
-        """Bring a crashed node back: the Node is marked up and its agent restarted."""
+        """Bring a crashed node back: the Node is marked up, its components and agent restart."""
         await cluster.set_node_down(self.api, node, False)
+        self.start_node_sim(node)
         self.start_agent(node)
+
+    def crash_agent(self, node: str) -> None:
+        """Kill only the agent process; the node and its components keep serving."""
+        self.agents[node].kill()
+
+    async def set_component_faults(self, node: str, failed: list[str]) -> None:
+        """Make the named components of ``node`` fail their checks (an empty list heals)."""
+        url = f"http://{self._node_ip(node)}:{nodesim.NODESIM_PORT}/faults"
+        timeout = aiohttp.ClientTimeout(total=5.0)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(url, json={"failed": failed}) as response,
+        ):
+            response.raise_for_status()
 
     def partition(self, region: str) -> None:
         self.networks[region].partition()

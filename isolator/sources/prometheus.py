@@ -74,6 +74,7 @@ class PrometheusSource:
         federation_job: str,
         metrics: Metrics,
         clock: Clock,
+        kubelet_job: str = "kubelet",
     ) -> None:
         self._client = PrometheusConnect(url=url, disable_ssl=False, timeout=timeout_s)
         self._url = url
@@ -88,6 +89,8 @@ class PrometheusSource:
             "agent_age": f'time() - timestamp(up{{job="{agent_job}"}})',
             "federation_up": f'up{{job="{federation_job}"}}',
             "federation_age": f'time() - timestamp(up{{job="{federation_job}"}})',
+            "kubelet_up": f'up{{job="{kubelet_job}"}}',
+            "kubelet_age": f'time() - timestamp(up{{job="{kubelet_job}"}})',
         }
 
     def close(self) -> None:
@@ -105,7 +108,11 @@ class PrometheusSource:
             parse_vector(by_name["federation_up"], "region"),
             parse_vector(by_name["federation_age"], "region"),
         )
-        return SiteView(agents=agents, federation=federation)
+        kubelets = join_samples(
+            parse_vector(by_name["kubelet_up"], "node"),
+            parse_vector(by_name["kubelet_age"], "node"),
+        )
+        return SiteView(agents=agents, federation=federation, kubelets=kubelets)
 
     async def _query(self, query: str) -> QueryResult:
         loop = asyncio.get_running_loop()

@@ -56,12 +56,15 @@ class FakeSite:
 
     agents: dict[str, SiteSample] = field(default_factory=dict)
     federation: dict[str, SiteSample] = field(default_factory=dict)
+    kubelets: dict[str, SiteSample] = field(default_factory=dict)
     down: bool = False
 
     async def read_site_view(self) -> SiteView:
         if self.down:
             raise SourceUnavailableError("central Prometheus timed out")
-        return SiteView(agents=dict(self.agents), federation=dict(self.federation))
+        return SiteView(
+            agents=dict(self.agents), federation=dict(self.federation), kubelets=dict(self.kubelets)
+        )
 
 
 @dataclass

@@ -38,6 +38,7 @@ class Harness:
     clock: ManualClock
     silent: set[str] = field(default_factory=set)  # no heartbeats, no probe answers
     site_down: set[str] = field(default_factory=set)  # edge Prometheus scrapes them down
+    agent_down: set[str] = field(default_factory=set)  # agent target down, kubelet still up
     dark_regions: set[str] = field(default_factory=set)  # federation target down
     failing: dict[str, set[str]] = field(default_factory=dict)  # node -> components reported down
 
@@ -74,10 +75,17 @@ class Harness:
                     name, ev.region, seq, wall, now, wall, components=health
                 )
         await self.controller.probe()
-        self.site.agents = {
-            name: SiteSample(0.0 if name in self.site_down else 1.0, 0.5)
+        visible = [
+            name
             for name, ev in self.controller.store.nodes.items()
             if ev.region not in self.dark_regions
+        ]
+        self.site.agents = {
+            name: SiteSample(0.0 if name in self.site_down | self.agent_down else 1.0, 0.5)
+            for name in visible
+        }
+        self.site.kubelets = {
+            name: SiteSample(0.0 if name in self.site_down else 1.0, 0.5) for name in visible
         }
         self.site.federation = {
             region: SiteSample(0.0 if region in self.dark_regions else 1.0, 0.5)

@@ -223,3 +223,14 @@ async def test_component_recovering_between_checks_not_cut() -> None:
         await harness.run_for(0.5)
 
     assert harness.cluster.cuts == []
+
+
+async def test_agent_crash_on_serving_node_not_cut() -> None:
+    harness = await Harness.start()
+    harness.silent.add("r3-n05")
+    harness.agent_down.add("r3-n05")
+
+    await harness.run_for(10.0)
+
+    assert harness.node_verdict("r3-n05") is NodeVerdict.UNREACHABLE
+    assert harness.cluster.cuts == []
