@@ -5,9 +5,12 @@ Labels stay small and bounded: region and verdict names, never Pod names or UIDs
 
 from __future__ import annotations
 
+import contextlib
+from importlib import metadata
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from isolator.model import NodeVerdict, RegionVerdict
+from isolator.model import NodeAssessment, NodeEvidence, NodeVerdict, RegionVerdict
 
 
 class Metrics:
@@ -89,6 +92,81 @@ class Metrics:
         for result in ("ok", "error"):
             self.probes.labels(result)
             self.prometheus_queries.labels(result)
+        self._add_monitoring_metrics(r)
+
+    def _add_monitoring_metrics(self, r: CollectorRegistry) -> None:
+        """Create the metrics that the dashboards and alert rules need beyond the ones above.
+
+        The per-node series carry the evidence a person reads on the node dashboard. Their
+        cardinality is one series per edge node and signal, bounded by the inventory.
+        """
+        self.build_info = Gauge(
+            "isolator_build_info",
+            "Always 1; carries the version of the running isolator.",
+            ["version"],
+            registry=r,
+        )
+        self.build_info.labels(_package_version()).set(1)
+        self.node_verdict = Gauge(
+            "isolator_node_verdict_info",
+            "1 for the current verdict of each node, 0 for the others.",
+            ["region", "node", "verdict"],
+            registry=r,
+        )
+        self.node_heartbeat_age = Gauge(
+            "isolator_node_heartbeat_age_seconds",
+            "Time since the node's last accepted heartbeat, on the isolator's monotonic clock.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.node_probe_age = Gauge(
+            "isolator_node_probe_age_seconds",
+            "Time since the node's agent last answered a probe from the isolator.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.node_probe_failures = Gauge(
+            "isolator_node_probe_consecutive_failures",
+            "Probes of the node's agent that failed in a row since the last answered one.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.node_site_up = Gauge(
+            "isolator_node_site_up",
+            "The edge Prometheus's up for the node's agent, as last read through federation.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.node_site_age = Gauge(
+            "isolator_node_site_sample_age_seconds",
+            "Age of that federated up sample when the isolator last read it.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.node_clock_skew = Gauge(
+            "isolator_node_clock_skew_seconds",
+            "Isolator wall clock minus the sent_at of the node's last heartbeat.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.node_firing_alerts = Gauge(
+            "isolator_node_firing_alerts",
+            "Alertmanager alerts recorded as firing for the node.",
+            ["region", "node"],
+            registry=r,
+        )
+        self.isolation = Gauge(
+            "isolator_isolation_info",
+            "1 for each node whose Pods are cut, with the reason and the state of the cut.",
+            ["region", "node", "reason", "state"],
+            registry=r,
+        )
+        self.kubernetes_requests = Counter(
+            "isolator_kubernetes_requests_total",
+            "Requests to the Kubernetes API, by operation and result (ok or error).",
+            ["operation", "result"],
+            registry=r,
+        )
 
     def set_region(
         self, region: str, verdict: RegionVerdict, nodes: dict[NodeVerdict, int]
@@ -98,3 +176,67 @@ class Metrics:
             self.region_verdict.labels(region, candidate.value).set(int(candidate is verdict))
         for node_verdict in NodeVerdict:
             self.node_verdicts.labels(region, node_verdict.value).set(nodes.get(node_verdict, 0))
+
+    def set_node(self, node: NodeAssessment, evidence: NodeEvidence, now: float) -> None:
+        """Publish one node's verdict and evidence; ``now`` is the pass's monotonic time.
+
+        A signal the isolator has not seen yet has no series, so a dashboard shows it as
+        missing instead of as 0.
+        """
+        labels = (node.region, node.node)
+        for candidate in NodeVerdict:
+            self.node_verdict.labels(*labels, candidate.value).set(int(candidate is node.verdict))
+        heartbeat_age = (
+            None if evidence.last_heartbeat_at is None else now - evidence.last_heartbeat_at
+        )
+        probe_age = None if evidence.last_probe_ok_at is None else now - evidence.last_probe_ok_at
+        site = evidence.site_up
+        _set_or_remove(self.node_heartbeat_age, labels, heartbeat_age)
+        _set_or_remove(self.node_probe_age, labels, probe_age)
+        _set_or_remove(self.node_probe_failures, labels, evidence.probe_failures)
+        _set_or_remove(self.node_site_up, labels, None if site is None else site.value)
+        _set_or_remove(self.node_site_age, labels, None if site is None else site.age_s)
+        _set_or_remove(self.node_clock_skew, labels, evidence.clock_skew_s)
+        _set_or_remove(self.node_firing_alerts, labels, len(evidence.firing_alerts))
+
+    def forget_node(self, region: str, node: str) -> None:
+        """Remove every per-node series of a node that left the inventory."""
+        for gauge in (
+            self.node_heartbeat_age,
+            self.node_probe_age,
+            self.node_probe_failures,
+            self.node_site_up,
+            self.node_site_age,
+            self.node_clock_skew,
+            self.node_firing_alerts,
+        ):
+            _set_or_remove(gauge, (region, node), None)
+        for candidate in NodeVerdict:
+            _set_or_remove(self.node_verdict, (region, node, candidate.value), None)
+
+    def set_isolations(self, isolations: list[tuple[str, str, str, str]]) -> None:
+        """Replace the isolation series with one per (region, node, reason, state).
+
+        ``reason`` must be one of the engine's constant phrases, never text formatted with
+        values, so that the label set stays bounded. ``state`` is pending, verified,
+        unverified or dry_run.
+        """
+        self.isolation.clear()
+        for region, node, reason, state in isolations:
+            self.isolation.labels(region, node, reason, state).set(1)
+
+
+def _set_or_remove(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
+    if value is None:
+        # prometheus-client 0.26 ignores an unknown label set here; older releases may raise.
+        with contextlib.suppress(KeyError):
+            gauge.remove(*labels)
+        return
+    gauge.labels(*labels).set(value)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("isolator")
+    except metadata.PackageNotFoundError:
+        return "unknown"

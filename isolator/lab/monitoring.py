@@ -4,6 +4,8 @@ Each edge Prometheus runs inside its region's namespace on <prometheus_ip>:9090 
 region's agents. The central Prometheus runs in the root namespace, federates every edge
 Prometheus and evaluates the rule files. Alertmanager sends every alert to the isolator's
 webhook. Binaries are Debian's ``prometheus`` 2.42 and ``prometheus-alertmanager`` 0.25.
+
+The config builders also produce the example configs in deploy/monitoring/ (``make generate``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import yaml
@@ -28,9 +31,11 @@ PROMETHEUS_BINARY = "prometheus"
 ALERTMANAGER_BINARY = "prometheus-alertmanager"
 EDGE_PORT = 9090
 AGENT_JOB = "isolator-agent"
+ISOLATOR_JOB = "isolator"  # the central's scrape of the isolator's own /metrics
 FEDERATE_JOB = "federate"
 FEDERATE_MATCHERS = [f'{{job="{AGENT_JOB}"}}', '{__name__=~"isolator_agent_.*"}']
 WEBHOOK_RECEIVER = "isolator"
+RULES_FILE = Path("alert_rules") / "isolator.rules.yml"  # generated, relative to the repository
 
 # Attempts at starting a root-namespace server on a free port: another process can take the
 # port between the probe that picked it and the server's bind.
@@ -59,6 +64,21 @@ class MonitoringOptions:
     group_interval_s: float = 1.0  # wait before notifying changes to a group
     repeat_interval_s: float = 60.0  # wait before resending an unchanged group
     ready_timeout_s: float = 30.0  # deadline for each server to return 200 on /-/ready
+    # Whether the central also scrapes the isolator's /metrics, at the host and port of the
+    # webhook URL: the isolator serves both on one listener.
+    scrape_isolator: bool = False
+
+
+def generated_rule_files(repo_root: Path) -> list[Path]:
+    """Return the rule files that ``make generate`` writes, for the central Prometheus.
+
+    Raises FileNotFoundError when they are missing: Prometheus would start without them and
+    no alert would ever fire.
+    """
+    path = repo_root / RULES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"rule file {path} not found; run `make generate`")
+    return [path]
 
 
 def prometheus_duration(seconds: float) -> str:
@@ -98,14 +118,34 @@ def edge_prometheus_config(
 
 
 def central_prometheus_config(
-    edges: Mapping[str, str], alertmanager: str, options: MonitoringOptions
+    edges: Mapping[str, str],
+    alertmanager: str,
+    options: MonitoringOptions,
+    isolator_targets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Build the central Prometheus config that federates every edge Prometheus.
 
     ``edges`` maps region to "ip:port" of its edge Prometheus, and ``alertmanager`` is the
     "host:port" of the Alertmanager. honor_labels keeps the job, instance and node labels of
-    the edge series, and the edge adds its region from external_labels.
+    the edge series, and the edge adds its region from external_labels. Each of
+    ``isolator_targets`` ("host:port") is scraped as job ``isolator``.
     """
+    scrape_configs: list[dict[str, Any]] = [
+        {
+            "job_name": FEDERATE_JOB,
+            "honor_labels": True,
+            "metrics_path": "/federate",
+            "params": {"match[]": list(FEDERATE_MATCHERS)},
+            "static_configs": [
+                {"targets": [address], "labels": {"region": region}}
+                for region, address in sorted(edges.items())
+            ],
+        }
+    ]
+    if isolator_targets:
+        scrape_configs.append(
+            {"job_name": ISOLATOR_JOB, "static_configs": [{"targets": list(isolator_targets)}]}
+        )
     return {
         "global": {
             "scrape_interval": prometheus_duration(options.federation_interval_s),
@@ -118,27 +158,24 @@ def central_prometheus_config(
                 {"api_version": "v2", "static_configs": [{"targets": [alertmanager]}]}
             ]
         },
-        "scrape_configs": [
-            {
-                "job_name": FEDERATE_JOB,
-                "honor_labels": True,
-                "metrics_path": "/federate",
-                "params": {"match[]": list(FEDERATE_MATCHERS)},
-                "static_configs": [
-                    {"targets": [address], "labels": {"region": region}}
-                    for region, address in sorted(edges.items())
-                ],
-            }
-        ],
+        "scrape_configs": scrape_configs,
     }
 
 
-def alertmanager_config(webhook_url: str, options: MonitoringOptions) -> dict[str, Any]:
+def alertmanager_config(
+    webhook_url: str, options: MonitoringOptions, credentials_file: str | None = None
+) -> dict[str, Any]:
     """Build an Alertmanager config that sends every alert to one webhook.
 
     Alertmanager 0.25 posts version "4" webhook payloads. max_alerts 0 sends every alert of a
-    group, and send_resolved reports resolutions too.
+    group, and send_resolved reports resolutions too. With ``credentials_file``, every request
+    carries ``Authorization: Bearer <the file's content>``, read by Alertmanager at send time.
     """
+    webhook: dict[str, Any] = {"url": webhook_url, "send_resolved": True, "max_alerts": 0}
+    if credentials_file is not None:
+        webhook["http_config"] = {
+            "authorization": {"type": "Bearer", "credentials_file": credentials_file}
+        }
     return {
         "route": {
             "receiver": WEBHOOK_RECEIVER,
@@ -147,12 +184,7 @@ def alertmanager_config(webhook_url: str, options: MonitoringOptions) -> dict[st
             "group_interval": prometheus_duration(options.group_interval_s),
             "repeat_interval": prometheus_duration(options.repeat_interval_s),
         },
-        "receivers": [
-            {
-                "name": WEBHOOK_RECEIVER,
-                "webhook_configs": [{"url": webhook_url, "send_resolved": True, "max_alerts": 0}],
-            }
-        ],
+        "receivers": [{"name": WEBHOOK_RECEIVER, "webhook_configs": [webhook]}],
     }
 
 
@@ -363,9 +395,10 @@ class Monitoring:
             for region, network in self.regions.items()
         }
         alertmanager = f"127.0.0.1:{self._alertmanager_port}"
+        isolator = [urlsplit(self.webhook_url).netloc] if self.options.scrape_isolator else []
         config = write_yaml(
             directory / "prometheus.yml",
-            central_prometheus_config(edges, alertmanager, self.options),
+            central_prometheus_config(edges, alertmanager, self.options, isolator),
         )
         argv = _prometheus_argv(config, directory / "data", f"127.0.0.1:{port}", self.options)
         self._central_port = port
