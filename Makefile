@@ -9,7 +9,7 @@ SCENARIOS ?= main
 # pytest workers; end-to-end scenarios each start their own lab, so two fit on 2 cores.
 WORKERS ?= 2
 
-.PHONY: setup system python controlplane demo test unit lint format clean
+.PHONY: setup system python controlplane demo test unit lint format clean generate
 
 setup: system python controlplane
 
@@ -41,6 +41,11 @@ lint: python
 	$(BIN)/ruff check isolator tests
 	$(BIN)/mypy isolator
 	$(BIN)/lint-imports
+
+# Writes the dashboards, alert rules and example monitoring configs; tests fail when the
+# committed files differ from what this writes.
+generate: python
+	$(BIN)/python -m monitoring_gen
 
 format: python
 	$(BIN)/ruff format isolator tests
