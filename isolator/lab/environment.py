@@ -155,9 +155,10 @@ class Lab:
         self._monitoring = Monitoring(
             self.work_dir / "monitoring",
             list(self.networks.values()),
-            self._agent_targets(),
+            self._targets(AGENT_PORT),
             webhook_url=f"{self.isolator_url}/v1/alerts/webhook",
             options=self.spec.monitoring,
+            kubelet_targets=self._targets(nodesim.NODESIM_PORT),
         )
         await self._monitoring.start()
         self._start_isolator()
@@ -200,10 +201,11 @@ class Lab:
         index = int(node.split("-n")[1]) - 1
         return self.networks[region].node_ip(index)
 
-    def _agent_targets(self) -> dict[str, dict[str, str]]:
+    def _targets(self, port: int) -> dict[str, dict[str, str]]:
+        """Return region -> node -> "ip:port" for a port that every node serves."""
         targets: dict[str, dict[str, str]] = {region: {} for region in self.spec.regions}
         for node, region in self.nodes.items():
-            targets[region][node] = f"{self._node_ip(node)}:{AGENT_PORT}"
+            targets[region][node] = f"{self._node_ip(node)}:{port}"
         return targets
 
     async def _create_objects(self) -> None:

@@ -33,7 +33,12 @@ EDGE_PORT = 9090
 AGENT_JOB = "isolator-agent"
 ISOLATOR_JOB = "isolator"  # the central's scrape of the isolator's own /metrics
 FEDERATE_JOB = "federate"
-FEDERATE_MATCHERS = [f'{{job="{AGENT_JOB}"}}', '{__name__=~"isolator_agent_.*"}']
+KUBELET_JOB = "kubelet"
+FEDERATE_MATCHERS = [
+    f'{{job="{AGENT_JOB}"}}',
+    f'{{job="{KUBELET_JOB}"}}',
+    '{__name__=~"isolator_agent_.*"}',
+]
 WEBHOOK_RECEIVER = "isolator"
 RULES_FILE = Path("alert_rules") / "isolator.rules.yml"  # generated, relative to the repository
 
@@ -92,12 +97,36 @@ def prometheus_duration(seconds: float) -> str:
 
 
 def edge_prometheus_config(
-    region: str, targets: Mapping[str, str], options: MonitoringOptions
+    region: str,
+    targets: Mapping[str, str],
+    options: MonitoringOptions,
+    kubelet_targets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Build the edge Prometheus config: one static target per node, labelled node=<name>.
 
-    ``targets`` maps node name to "ip:port" of its agent.
+    ``targets`` maps node name to "ip:port" of its agent, and ``kubelet_targets`` to "ip:port"
+    of its kubelet metrics, scraped as job ``kubelet`` so that the isolator can tell a dead
+    agent on a serving node from a dead node.
     """
+    scrape_configs: list[dict[str, Any]] = [
+        {
+            "job_name": AGENT_JOB,
+            "static_configs": [
+                {"targets": [address], "labels": {"node": node}}
+                for node, address in sorted(targets.items())
+            ],
+        }
+    ]
+    if kubelet_targets:
+        scrape_configs.append(
+            {
+                "job_name": KUBELET_JOB,
+                "static_configs": [
+                    {"targets": [address], "labels": {"node": node}}
+                    for node, address in sorted(kubelet_targets.items())
+                ],
+            }
+        )
     return {
         "global": {
             "scrape_interval": prometheus_duration(options.scrape_interval_s),
@@ -105,15 +134,7 @@ def edge_prometheus_config(
             "evaluation_interval": prometheus_duration(options.evaluation_interval_s),
             "external_labels": {"region": region},
         },
-        "scrape_configs": [
-            {
-                "job_name": AGENT_JOB,
-                "static_configs": [
-                    {"targets": [address], "labels": {"node": node}}
-                    for node, address in sorted(targets.items())
-                ],
-            }
-        ],
+        "scrape_configs": scrape_configs,
     }
 
 
@@ -249,10 +270,12 @@ class Monitoring:
         agent_targets: Mapping[str, Mapping[str, str]],
         webhook_url: str,
         options: MonitoringOptions | None = None,
+        kubelet_targets: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.regions = {region.region: region for region in regions}
         self.agent_targets = agent_targets
+        self.kubelet_targets = kubelet_targets or {}
         self.webhook_url = webhook_url
         self.options = options or MonitoringOptions()
         unknown = set(agent_targets) - set(self.regions)
@@ -319,7 +342,8 @@ class Monitoring:
     async def _start_edge(self, session: aiohttp.ClientSession, network: RegionNetwork) -> None:
         directory = self.work_dir / f"edge-{network.index}"
         targets = self.agent_targets.get(network.region, {})
-        config = edge_prometheus_config(network.region, targets, self.options)
+        kubelets = self.kubelet_targets.get(network.region, {})
+        config = edge_prometheus_config(network.region, targets, self.options, kubelets)
         argv = _prometheus_argv(
             write_yaml(directory / "prometheus.yml", config),
             directory / "data",
