@@ -41,6 +41,15 @@ async def _wait_until_not_ready(lab: Lab, pods: set[str], timeout_s: float) -> f
     return None
 
 
+async def _poll_isolations(lab: Lab, until_empty_s: float) -> list[object]:
+    deadline = time.monotonic() + until_empty_s
+    isolations: list[object] = await lab.get("/v1/isolations")
+    while isolations and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        isolations = await lab.get("/v1/isolations")
+    return isolations
+
+
 async def test_malformed_bodies_rejected_loop_alive(lab: Lab) -> None:
     bad_heartbeat = json.dumps({"node": "r1-n01", "region": "r1", "seq": "one"}).encode()
     bad_webhook = json.dumps({"version": "4", "alerts": "not-a-list"}).encode()
@@ -91,6 +100,40 @@ async def test_recovered_node_restored(lab: Lab) -> None:
     await lab.recover_node(CRASHED)
 
     await lab.wait_until_serving(timeout_s=30.0)
+    # The isolation ends once the restore has been read back from the EndpointSlices.
+    isolations = await _poll_isolations(lab, until_empty_s=10.0)
 
     assert await lab.ready_pods() == set(lab.pods)
-    assert await lab.get("/v1/isolations") == []
+    assert isolations == []
+
+
+async def test_agent_crash_on_serving_node_not_cut(lab: Lab) -> None:
+    lab.crash_agent("r2-n01")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 8.0
+    while loop.time() < deadline:
+        assert await lab.ready_pods() == set(lab.pods)
+        await asyncio.sleep(0.25)
+
+    assert (await lab.node_verdicts())["r2-n01"] == "unreachable"
+
+    lab.start_agent("r2-n01")
+    await lab.wait_until_serving(timeout_s=15.0)
+
+
+async def test_failed_component_on_live_node_cut(lab: Lab) -> None:
+    node = "r3-n04"
+    pods = {pod for pod, on in lab.pods.items() if on == node}
+
+    await lab.set_component_faults(node, ["kube-proxy"])
+    latency = await _wait_until_not_ready(lab, pods, timeout_s=CUT_DEADLINE_S)
+
+    assert latency is not None, f"{node} still serving {CUT_DEADLINE_S} s after kube-proxy failed"
+    assert await lab.ready_pods() == set(lab.pods) - pods
+    detail = await lab.get(f"/v1/nodes/{node}")
+    assert detail["verdict"] == "failed"
+    assert detail["component"] == "kube-proxy"
+
+    await lab.set_component_faults(node, [])
+    await lab.wait_until_serving(timeout_s=30.0)
+    assert await _poll_isolations(lab, until_empty_s=10.0) == []
