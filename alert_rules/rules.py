@@ -22,9 +22,10 @@ RULES_FILE_NAME = "isolator.rules.yml"
 # with the text of a hold reason before its first colon.
 BUDGET_CHECKS = ("region budget exceeded", "region cooldown", "rate limit")
 
-# The isolator accepts fewer heartbeats than this share of those the agents report sending.
+# IsolatorHeartbeatIngestLagging fires when the isolator accepts a smaller share than this of
+# the heartbeats that the agents report sending.
 INGEST_MIN_ACCEPTED_RATIO = 0.8
-# Share of the isolator's Prometheus queries that fail before the alert fires.
+# IsolatorPrometheusQueriesFailing fires when a larger share than this of the queries fails.
 QUERY_ERROR_RATIO = 0.25
 
 HEARTBEAT_RECEIVED_RATE = "job:isolator_heartbeat_received:rate2m"

@@ -18,21 +18,21 @@ from grafanalib._gen import DashboardEncoder
 # Keys dropped wherever they appear at a location, whatever their value.
 LEGACY_KEYS: Mapping[str, Mapping[str, str]] = {
     "dashboard": {
-        "__inputs": "import inputs of dashboards shared on grafana.com; these use a variable",
-        "hideControls": "pre-5.0 option, replaced by the time picker's own settings",
-        "rows": "pre-5.0 row layout; every panel here sits in the panels list",
+        "__inputs": "import inputs for dashboards shared on grafana.com; a variable is used here",
+        "hideControls": "old option; the current model hides controls in the time picker",
+        "rows": "old row layout; every panel here sits in the panels list",
         "sharedCrosshair": "replaced by graphTooltip, which is set",
-        "style": "pre-8.0 dashboard theme; Grafana now follows the user's theme",
+        "style": "old dashboard theme; the current model has no theme",
     },
     "timepicker": {
-        "time_options": "pre-10 list of quick ranges; Grafana uses its own",
+        "time_options": "old list of time ranges; the current model has quick_ranges",
     },
     "panel": {
         "editable": "per-panel flag of the old model; the dashboard's editable applies",
         "error": "runtime state that old Grafana versions saved with the panel",
-        "height": "pre-5.0 row layout; gridPos sets the size",
-        "minSpan": "pre-5.0 row layout; gridPos sets the size",
-        "span": "pre-5.0 row layout; gridPos sets the size",
+        "height": "old row layout; gridPos sets the size",
+        "minSpan": "old row layout; gridPos sets the size",
+        "span": "old row layout; gridPos sets the size",
     },
     "table": {
         "color": "the Angular table's option; fieldConfig.defaults.color applies",
@@ -41,12 +41,12 @@ LEGACY_KEYS: Mapping[str, Mapping[str, str]] = {
         "mappings": "the Angular table's mappings; fieldConfig.defaults.mappings applies",
     },
     "variable": {
-        "useTags": "tag support for variables, removed in Grafana 8",
-        "tagsQuery": "tag support for variables, removed in Grafana 8",
-        "tagValuesQuery": "tag support for variables, removed in Grafana 8",
+        "useTags": "old tag options of variables; the current model has none",
+        "tagsQuery": "old tag options of variables; the current model has none",
+        "tagValuesQuery": "old tag options of variables; the current model has none",
     },
     "variable.current": {
-        "tags": "tag support for variables, removed in Grafana 8",
+        "tags": "old tag options of variables; the current model has none",
     },
     "threshold": {
         "index": "the Graph panel's threshold model; a step has only a colour and a value",
@@ -56,8 +56,8 @@ LEGACY_KEYS: Mapping[str, Mapping[str, str]] = {
     },
 }
 
-# Keys grafanalib writes as null when the attribute was left unset; the schema has no null for
-# them and Grafana reads a missing key the same way. They are dropped only when null.
+# Keys that grafanalib writes as null when the attribute was left unset. The schema has no null
+# for them, so they are dropped, and only when null: a missing key also means unset.
 UNSET_KEYS: Mapping[str, frozenset[str]] = {
     "dashboard": frozenset({"gnetId", "id"}),
     "timepicker": frozenset({"nowDelay"}),

@@ -1,6 +1,6 @@
 """The on-call overview: what the isolator concludes about every region and what it did.
 
-The first row answers "is anything wrong right now", the second shows each region's verdict
+The first row shows whether anything is wrong right now, the second each region's verdict
 over time, the third lists current isolations and the nodes whose heartbeats are oldest, and
 the last shows decisions, cuts and safety holds over time.
 """

@@ -1,6 +1,6 @@
 """Every metric the isolator service exports, named ``isolator_<subsystem>_<name>_<unit>``.
 
-Labels stay small and bounded: region and verdict names, never Pod names or UIDs.
+Labels stay small and bounded: region, node and verdict names, never Pod names or UIDs.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ class Metrics:
             self.node_verdicts.labels(region, node_verdict.value).set(nodes.get(node_verdict, 0))
 
     def set_node(self, node: NodeAssessment, evidence: NodeEvidence, now: float) -> None:
-        """Publish one node's verdict and evidence; ``now`` is the pass's monotonic time.
+        """Publish one node's verdict and evidence, with ages measured at monotonic ``now``.
 
         A signal the isolator has not seen yet has no series, so a dashboard shows it as
         missing instead of as 0.
