@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -94,6 +95,10 @@ class NodeEvidence:
     firing_alerts: set[str] = field(default_factory=set)
     # Consecutive heartbeats that reported each component (or the ingress path) failing.
     component_failures: dict[str, int] = field(default_factory=dict)
+    # Recent history for grey-failure scoring, newest last and bounded by the store.
+    probe_rtts: deque[float | None] = field(default_factory=deque)  # None for a failed probe
+    heartbeat_gaps: deque[float] = field(default_factory=deque)  # seconds between arrivals
+    ingress_results: deque[bool] = field(default_factory=deque)
 
 
 @dataclass(slots=True)
@@ -114,6 +119,8 @@ class NodeAssessment:
     reason: str
     silent_for_s: float | None
     component: str | None = None  # the failed component on a live node; None for the node
+    silent: bool = False  # no heartbeat within the timeout
+    grey_score: float | None = None  # the model's grey-failure probability, when scored
 
 
 @dataclass(frozen=True, slots=True)

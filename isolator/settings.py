@@ -179,6 +179,31 @@ class Settings(BaseSettings):
             "were flagged than its budget allows. A person judges a site-wide event."
         ),
     )
+    grey_scoring: bool = Field(
+        True,
+        description=(
+            "Score nodes for grey failure with the learned model. The model only makes healthy "
+            "nodes suspect; it never causes a cut."
+        ),
+    )
+    grey_model_path: str | None = Field(
+        None,
+        description="Path of the grey-failure model file. Unset means the bundled model.",
+    )
+    grey_suspect_threshold: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description=(
+            "Grey-failure score from which a healthy node is reported suspect. High, because "
+            "suspicion pages a person: the evaluation in docs/MODEL.md gives the trade-off."
+        ),
+    )
+    grey_score_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Period of grey-failure scoring, in seconds; scoring runs off the loop.",
+    )
     inventory_refresh_s: float = Field(
         10.0,
         gt=0,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import uvicorn
 
 from isolator.api.app import create_app
 from isolator.clock import SystemClock
+from isolator.engine.grey import GreyScorer
 from isolator.engine.loop import Controller
+from isolator.learning import DEFAULT_MODEL_PATH, GreyFailureModel
 from isolator.metrics import Metrics
 from isolator.settings import Settings
 from isolator.sources.agents import AgentProber
@@ -46,8 +49,12 @@ async def run_service(settings: Settings) -> None:
         if settings.alertmanager_url
         else None
     )
+    grey = None
+    if settings.grey_scoring:
+        model_path = Path(settings.grey_model_path) if settings.grey_model_path else None
+        grey = GreyScorer(GreyFailureModel.load(model_path or DEFAULT_MODEL_PATH))
     controller = Controller(
-        settings, cluster, prometheus, prober, metrics, clock, alert_reader=alerts
+        settings, cluster, prometheus, prober, metrics, clock, alert_reader=alerts, grey_scorer=grey
     )
     app = create_app(controller, metrics, clock)
     config = uvicorn.Config(

@@ -19,6 +19,13 @@ def _sample(sample: SiteSample | None) -> dict[str, float] | None:
     return {"value": sample.value, "age_s": round(sample.age_s, 3)}
 
 
+def _contributions(controller: Controller, name: str) -> dict[str, float] | None:
+    score = controller.grey_scores.get(name)
+    if score is None:
+        return None
+    return {k: round(v, 4) for k, v in score.contributions.items()}
+
+
 def node_view(controller: Controller, name: str, clock: Clock) -> dict[str, Any]:
     """Return one node's verdict, with the evidence behind it."""
     evidence = controller.store.nodes[name]
@@ -44,6 +51,8 @@ def node_view(controller: Controller, name: str, clock: Clock) -> dict[str, Any]
             "component_failures": dict(sorted(evidence.component_failures.items())),
         },
         "component": verdict.component if verdict else None,
+        "grey_score": verdict.grey_score if verdict else None,
+        "grey_contributions": _contributions(controller, name),
     }
 
 

@@ -6,7 +6,6 @@ deciding what to do about a verdict belongs to the decision step.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -50,8 +49,12 @@ def classify_node(evidence: NodeEvidence, now: float, limits: Thresholds) -> Nod
     """Judge one node from its heartbeats, probes and in-site view."""
     silent_for = _age(evidence.last_heartbeat_at, now)
 
+    silent = silent_for is not None and silent_for > limits.heartbeat_timeout_s
+
     def verdict(value: NodeVerdict, reason: str, component: str | None = None) -> NodeAssessment:
-        return NodeAssessment(evidence.node, evidence.region, value, reason, silent_for, component)
+        return NodeAssessment(
+            evidence.node, evidence.region, value, reason, silent_for, component, silent
+        )
 
     if evidence.last_heartbeat_at is None or evidence.last_probe_ok_at is None:
         return verdict(NodeVerdict.UNKNOWN, "not yet seen both ways (heartbeat and probe)")
@@ -101,15 +104,16 @@ def classify_region(
     evidence: RegionEvidence, nodes: Iterable[NodeAssessment], limits: Thresholds
 ) -> RegionAssessment:
     """Judge one region from its nodes' verdicts and its federation path."""
-    counts = Counter(node.verdict for node in nodes)
-    total = sum(counts.values())
-    dark = sum(counts[v] for v in _DARK)
-    failed = counts[NodeVerdict.FAILED]
+    members = list(nodes)
+    total = len(members)
+    dark = sum(1 for n in members if n.silent and n.verdict in _DARK)
+    failed = sum(1 for n in members if n.verdict is NodeVerdict.FAILED)
+    silent = sum(1 for n in members if n.silent)
     federation = _fresh(evidence.federation_up, limits.site_max_age_s)
     monitoring_ok = federation is not None and federation.value >= 1
 
     def verdict(value: RegionVerdict, reason: str) -> RegionAssessment:
-        return RegionAssessment(evidence.region, value, reason, total, dark + failed, failed)
+        return RegionAssessment(evidence.region, value, reason, total, silent, failed)
 
     if total and dark * 2 > total:
         return verdict(RegionVerdict.PARTITIONED, f"{dark} of {total} nodes silent, not confirmed")

@@ -7,9 +7,13 @@ clock-skew figure; they never decide freshness.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
-from isolator.model import EdgeNode, NodeEvidence, RegionEvidence, SiteView
+from isolator.model import INGRESS_COMPONENT, EdgeNode, NodeEvidence, RegionEvidence, SiteView
+
+_T = TypeVar("_T")
 
 
 class HeartbeatOutcome(enum.StrEnum):
@@ -19,6 +23,15 @@ class HeartbeatOutcome(enum.StrEnum):
     UNKNOWN_NODE = "unknown_node"
     WRONG_REGION = "wrong_region"
     REPLAYED = "replayed"  # a sequence number at or below one already seen since a restart
+
+
+HISTORY_KEPT = 30  # samples of each recent-history series kept per node
+
+
+def _push(history: deque[_T], value: _T) -> None:
+    history.append(value)
+    while len(history) > HISTORY_KEPT:
+        history.popleft()
 
 
 class EvidenceStore:
@@ -72,18 +85,24 @@ class EvidenceStore:
         # repeat within one agent run is a replay.
         if evidence.heartbeat_seq is not None and seq == evidence.heartbeat_seq:
             return HeartbeatOutcome.REPLAYED
+        if evidence.last_heartbeat_at is not None:
+            _push(evidence.heartbeat_gaps, now - evidence.last_heartbeat_at)
         evidence.last_heartbeat_at = now
         evidence.heartbeat_seq = seq
         evidence.heartbeat_count += 1
         evidence.clock_skew_s = wall_now - sent_at
-        _count_failures(evidence.component_failures, components or {})
+        health = components or {}
+        _count_failures(evidence.component_failures, health)
+        if INGRESS_COMPONENT in health:
+            _push(evidence.ingress_results, health[INGRESS_COMPONENT])
         return HeartbeatOutcome.ACCEPTED
 
-    def record_probe(self, node: str, ok: bool, now: float) -> None:
+    def record_probe(self, node: str, ok: bool, now: float, rtt_s: float | None = None) -> None:
         """Record the result of one probe from the isolator to the node's agent."""
         evidence = self.nodes.get(node)
         if evidence is None:
             return
+        _push(evidence.probe_rtts, rtt_s if ok else None)
         if ok:
             evidence.last_probe_ok_at = now
             evidence.probe_failures = 0

@@ -18,7 +18,9 @@ from isolator.engine.alerts import AlertLedger, IncomingAlert
 from isolator.engine.classify import Thresholds, classify, classify_node
 from isolator.engine.decide import Decision, Kind, Memory, Policy, decide
 from isolator.engine.evidence import EvidenceStore
+from isolator.engine.grey import GreyScorer, apply_grey_scores
 from isolator.engine.ports import ActionOutcome, AlertReader, Cluster, Prober, SiteViewReader
+from isolator.learning import GreyScore
 from isolator.metrics import Metrics
 from isolator.model import Assessment, GlobalVerdict, NodeVerdict
 from isolator.settings import Settings
@@ -68,12 +70,15 @@ class Controller:
         metrics: Metrics,
         clock: Clock,
         alert_reader: AlertReader | None = None,
+        grey_scorer: GreyScorer | None = None,
     ) -> None:
         self.settings = settings
         self.store = EvidenceStore()
         self.alerts = AlertLedger(self.store)
         self._alert_reader = alert_reader
         self._reread: asyncio.Task[None] | None = None
+        self._grey_scorer = grey_scorer
+        self.grey_scores: dict[str, GreyScore] = {}
         self.state = LoopState()
         self.isolations: dict[str, Isolation] = {}
         self.audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_RECORDS_KEPT)
@@ -109,6 +114,9 @@ class Controller:
                 group.create_task(self._every(self.settings.inventory_refresh_s, self.refresh))
                 group.create_task(self._every(self.settings.heartbeat_interval_s, self.probe))
                 group.create_task(self._every(self.settings.loop_interval_s, self.tick))
+                if self._grey_scorer is not None:
+                    interval = self.settings.grey_score_interval_s
+                    group.create_task(self._every(interval, self.score_grey))
         finally:
             for task in self._in_flight.values():
                 task.cancel()
@@ -180,14 +188,21 @@ class Controller:
             and name not in self._in_flight
         ]
 
+    async def score_grey(self) -> None:
+        """Score every node for grey failure; the next passes use the scores."""
+        if self._grey_scorer is not None:
+            self.grey_scores = await self._grey_scorer.score(self.store.nodes)
+
     async def probe(self) -> None:
         """Probe every agent once, with bounded concurrency."""
         limit = asyncio.Semaphore(PROBE_CONCURRENCY)
 
         async def one(node: str, url: str) -> None:
             async with limit:
+                started = self._clock.monotonic()
                 ok = await self._prober.probe(node, url)
-            self.store.record_probe(node, ok, self._clock.monotonic())
+                rtt = self._clock.monotonic() - started
+            self.store.record_probe(node, ok, self._clock.monotonic(), rtt_s=rtt)
             self._metrics.probes.labels("ok" if ok else "error").inc()
 
         await asyncio.gather(*(one(n, u) for n, u in list(self.store.agent_urls.items())))
@@ -212,6 +227,9 @@ class Controller:
 
         now = self._clock.monotonic()
         assessment = classify(self.store.nodes, self.store.regions, now, self._limits)
+        if self.grey_scores:
+            threshold = self.settings.grey_suspect_threshold
+            assessment = apply_grey_scores(assessment, self.grey_scores, threshold)
         newly_healthy = self._newly_healthy(assessment)
         self._memory.update(assessment, now)
         isolated = {name: iso.region for name, iso in self.isolations.items()}

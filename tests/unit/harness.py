@@ -44,14 +44,26 @@ class Harness:
 
     @classmethod
     async def start(
-        cls, regions: int = 3, nodes: int = 10, alert_reader: Any = None, **overrides: Any
+        cls,
+        regions: int = 3,
+        nodes: int = 10,
+        alert_reader: Any = None,
+        grey_scorer: Any = None,
+        **overrides: Any,
     ) -> Harness:
         clock = ManualClock()
         cluster = FakeCluster(nodes=estate(regions, nodes))
         site, prober = FakeSite(), FakeProber()
         settings = Settings(**{**FAST, **overrides})
         controller = Controller(
-            settings, cluster, site, prober, Metrics(), clock, alert_reader=alert_reader
+            settings,
+            cluster,
+            site,
+            prober,
+            Metrics(),
+            clock,
+            alert_reader=alert_reader,
+            grey_scorer=grey_scorer,
         )
         harness = cls(controller, cluster, site, prober, clock)
         await controller.refresh()
