@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build kube-apiserver, kube-controller-manager, etcd and kwok from the Go modules pinned in this
+# Build kube-apiserver, kube-controller-manager, kubectl, etcd and kwok from the Go modules pinned in this
 # folder, and cache the binaries by version outside the repository.
 #
 # Usage: controlplane/build.sh            builds what is missing and prints the bin folder
@@ -10,7 +10,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-binaries=(kube-apiserver kube-controller-manager etcd kwok)
+binaries=(kube-apiserver kube-controller-manager etcd kwok kubectl)
 
 if [[ -n "${ISOLATOR_BIN_DIR:-}" ]]; then
   for name in "${binaries[@]}"; do
@@ -38,6 +38,13 @@ go_version=$(go env GOVERSION)
 cache_root=${ISOLATOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/isolator}
 bin_dir="$cache_root/controlplane/k8s-$k8s_version-etcd-$etcd_version-kwok-$kwok_version-$go_version"
 mkdir -p "$bin_dir"
+# One build at a time per cache folder: parallel test workers and a running `make demo` would
+# otherwise compile the same binary into the same temporary file.
+exec 9>"$bin_dir/.lock"
+if ! flock -n 9; then
+  echo "[controlplane] waiting for another build in $bin_dir to finish" >&2
+  flock 9
+fi
 
 log() { printf '[controlplane %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -80,5 +87,7 @@ build kwok sigs.k8s.io/kwok/cmd/kwok kwok \
 build kubernetes k8s.io/kubernetes/cmd/kube-apiserver kube-apiserver "$k8s_ldflags"
 build kubernetes k8s.io/kubernetes/cmd/kube-controller-manager kube-controller-manager \
   "$k8s_ldflags"
+# kubectl checks the deployment manifests against the test control plane (--dry-run=server).
+build kubernetes k8s.io/kubernetes/cmd/kubectl kubectl "$k8s_ldflags"
 
 echo "$bin_dir"
