@@ -8,6 +8,11 @@ reaching each other while the link is down.
 
 Namespace and interface names come from the lab and region indexes, never from the region name,
 which may be any string (non-ASCII too) while interface names are limited to 15 bytes.
+
+Faults finer than a whole partition (packet loss, one node cut off, probes dropped) are
+nftables rules in one table inside the region's namespace, on the namespace end of the veth
+pair. Traffic between addresses inside the namespace goes over its loopback and never meets
+them. Nothing here adds rules or qdiscs outside the lab's namespaces and veth pairs.
 """
 
 from __future__ import annotations
@@ -15,13 +20,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import ipaddress
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,12 @@ GUARD_ROUTE_METRIC = 32000
 LOCK_DIR = Path("/run/isolator-lab")
 _COMMAND_TIMEOUT_S = 10.0
 
+# The nftables table of the lab's rules inside each region namespace.
+NFT_TABLE = "isolator_lab"
+# Loss is drawn with `numgen random mod LOSS_MODULUS`, so its resolution is 0.01 %.
+LOSS_MODULUS = 10_000
+WEAK_LINK_FILTER = "weak-link"
+
 
 class NetnsCommandError(RuntimeError):
     """An ``ip`` or ``tc`` command failed; the message contains the command and its stderr."""
@@ -45,6 +59,22 @@ class NetnsCommandError(RuntimeError):
 
 class WeakLinkUnsupportedError(NetnsCommandError):
     """The kernel has no netem queueing discipline (CONFIG_NET_SCH_NETEM is off)."""
+
+
+Chain = Literal["input", "output"]
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    """One nftables rule on the namespace end of the veth pair.
+
+    ``input`` rules see packets that arrive from the root side, ``output`` rules packets that
+    processes in the namespace send to it. ``match`` is an nftables match expression, such as
+    ``ip daddr 198.18.0.10 tcp dport 9910``; the rule drops what it matches.
+    """
+
+    chain: Chain
+    match: str
 
 
 def _run(
@@ -113,6 +143,7 @@ class RegionNetwork:
         self.ns_veth = f"iso{lab}r{index}n"
         self.host_ip = self._host(1)
         self.prometheus_ip = self._host(2)
+        self._filters: dict[str, list[FilterRule]] = {}
 
     def __repr__(self) -> str:
         return f"RegionNetwork(lab={self.lab}, index={self.index}, region={self.region!r})"
@@ -171,6 +202,8 @@ class RegionNetwork:
         """Remove the veth pair, the guard route and the namespace; does nothing if absent."""
         # Deleting a namespace frees its links asynchronously, so the root-side link is deleted
         # first: that removes both ends at once and frees the names for an immediate create().
+        # The namespace takes the nftables table with it.
+        self._filters.clear()
         if _link_exists(self.host_veth):
             _run(["ip", "link", "del", self.host_veth])
         _run(["ip", "route", "del", *self._guard_route()], check=False)
@@ -199,28 +232,38 @@ class RegionNetwork:
         logger.info("region healed", extra={"region": self.region})
 
     def set_weak_link(self, delay_ms: int, jitter_ms: int, loss_pct: float) -> None:
-        """Add netem delay, jitter and loss to each direction of the link.
+        """Make the link weak: drop ``loss_pct`` percent of the packets in each direction, and
+        delay each direction by ``delay_ms`` plus or minus ``jitter_ms``.
 
-        The values apply per direction, so a round trip takes about ``2 * delay_ms``.
-        Raises WeakLinkUnsupportedError when the kernel has no netem.
+        The values apply per direction, so a round trip loses about twice as much and takes
+        about ``2 * delay_ms`` longer. Loss is drawn independently for every packet by an
+        nftables rule (``numgen random``) in the namespace, on the kernel's own netfilter path.
+        Delay and jitter need the netem qdisc and raise WeakLinkUnsupportedError, before
+        anything changes, on a kernel without it.
+
+        NOTE: on kernels without netem (CONFIG_NET_SCH_NETEM unset) the lab's weak link is loss
+        only. It emulates a lossy WAN: lost SYNs and segments, TCP retransmission after the
+        200 ms minimum RTO, and requests that miss their timeouts. It does not emulate latency,
+        jitter, reordering, bursty (Gilbert-Elliott) loss or a bandwidth limit. The kernels
+        checked so far have no nft ``queue`` statement either (CONFIG_NFT_QUEUE unset), so a
+        userspace delayer would need the iptables NFQUEUE target and a netlink client of its
+        own; tbf and htb only cap the rate, which delays bursts but not a lone heartbeat.
         """
         if delay_ms < 0 or jitter_ms < 0 or not 0.0 <= loss_pct <= 100.0:
             raise ValueError(
                 f"invalid weak link: delay_ms={delay_ms}, jitter_ms={jitter_ms}, "
                 f"loss_pct={loss_pct}: delays must be >= 0 and loss within 0..100"
             )
-        netem = ["netem", "delay", f"{delay_ms}ms", f"{jitter_ms}ms", "loss", f"{loss_pct}%"]
-        for prefix, device in self._link_ends():
-            result = _run([*prefix, "qdisc", "replace", "dev", device, "root", *netem], check=False)
-            if result.returncode != 0 and "qdisc kind is unknown" in result.stderr:
-                raise WeakLinkUnsupportedError(
-                    "this kernel has no netem queueing discipline (CONFIG_NET_SCH_NETEM), so "
-                    "weak links cannot be emulated: run the lab on a kernel with sch_netem"
-                )
-            if result.returncode != 0:
-                raise NetnsCommandError(
-                    f"tc failed to set netem on {device}: {result.stderr.strip()}"
-                )
+        if delay_ms or jitter_ms:
+            self._set_netem_delay(delay_ms, jitter_ms)
+        threshold = round(loss_pct / 100 * LOSS_MODULUS)
+        if threshold:
+            draw = f"numgen random mod {LOSS_MODULUS} < {threshold}"
+            self.set_filter(
+                WEAK_LINK_FILTER, [FilterRule("input", draw), FilterRule("output", draw)]
+            )
+        else:
+            self.clear_filter(WEAK_LINK_FILTER)
         logger.info(
             "weak link set",
             extra={
@@ -231,13 +274,91 @@ class RegionNetwork:
             },
         )
 
+    def _set_netem_delay(self, delay_ms: int, jitter_ms: int) -> None:
+        netem = ["netem", "delay", f"{delay_ms}ms", f"{jitter_ms}ms"]
+        for prefix, device in self._link_ends():
+            result = _run([*prefix, "qdisc", "replace", "dev", device, "root", *netem], check=False)
+            if result.returncode != 0 and "qdisc kind is unknown" in result.stderr:
+                raise WeakLinkUnsupportedError(
+                    "this kernel has no netem queueing discipline (CONFIG_NET_SCH_NETEM), so "
+                    "delay and jitter cannot be emulated: set delay_ms and jitter_ms to 0 for a "
+                    "lossy link, or run the lab on a kernel with sch_netem"
+                )
+            if result.returncode != 0:
+                raise NetnsCommandError(
+                    f"tc failed to set netem on {device}: {result.stderr.strip()}"
+                )
+
     def clear_weak_link(self) -> None:
-        """Remove netem from both ends of the link; does nothing if none is set."""
+        """Remove the loss rules and netem from both ends of the link; does nothing if unset."""
+        self.clear_filter(WEAK_LINK_FILTER)
         for prefix, device in self._link_ends():
             qdiscs = _run([*prefix, "qdisc", "show", "dev", device]).stdout
             if "netem" in qdiscs:
                 _run([*prefix, "qdisc", "del", "dev", device, "root"])
         logger.info("weak link cleared", extra={"region": self.region})
+
+    def set_filter(self, name: str, rules: Sequence[FilterRule]) -> None:
+        """Install (or replace) a named group of drop rules on the namespace end of the link.
+
+        Every group lives in one nftables table that is rewritten in a single transaction, so
+        a change never leaves the link half filtered.
+        """
+        self._filters[name] = list(rules)
+        self._apply_filters()
+
+    def clear_filter(self, name: str) -> None:
+        """Remove a named group of rules; does nothing if it is not set."""
+        if self._filters.pop(name, None) is not None:
+            self._apply_filters()
+
+    def filters(self) -> list[str]:
+        """Return the names of the rule groups in force."""
+        return sorted(self._filters)
+
+    def _apply_filters(self) -> None:
+        if shutil.which("nft") is None:
+            raise NetnsCommandError(
+                "nft not found: install the Debian package nftables for the lab's packet filters"
+            )
+        chains: dict[Chain, list[str]] = {"input": [], "output": []}
+        for name, rules in sorted(self._filters.items()):
+            for rule in rules:
+                side = "iifname" if rule.chain == "input" else "oifname"
+                chains[rule.chain].append(
+                    f'{side} "{self.ns_veth}" {rule.match} counter drop comment "{name}"'
+                )
+        # Declaring the table first makes the delete valid when it does not exist yet.
+        script = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}"]
+        if self._filters:
+            script.append(f"table inet {NFT_TABLE} {{")
+            for chain, lines in chains.items():
+                script.append(f"  chain {chain} {{")
+                script.append(f"    type filter hook {chain} priority filter; policy accept;")
+                script.extend(f"    {line}" for line in lines)
+                script.append("  }")
+            script.append("}")
+        _run(
+            ["ip", "netns", "exec", self.namespace, "nft", "-f", "-"],
+            stdin="\n".join(script) + "\n",
+        )
+
+    def dropped_packets(self) -> dict[str, int]:
+        """Return how many packets each rule group has dropped, summed over its rules."""
+        if not self._filters:
+            return {}
+        output = _run(
+            ["ip", "netns", "exec", self.namespace, "nft", "-j", "list", "table", "inet", NFT_TABLE]
+        ).stdout
+        counts: dict[str, int] = dict.fromkeys(self._filters, 0)
+        for item in json.loads(output).get("nftables", []):
+            rule = item.get("rule")
+            if not rule or rule.get("comment") not in counts:
+                continue
+            for expression in rule.get("expr", []):
+                if "counter" in expression:
+                    counts[rule["comment"]] += int(expression["counter"]["packets"])
+        return counts
 
     def _link_ends(self) -> list[tuple[list[str], str]]:
         return [
