@@ -39,16 +39,18 @@ def parse_vector(result: QueryResult, label: str) -> dict[str, float]:
     """Map the value of ``label`` on each series to the series' value.
 
     Series without the label, with an unparseable value, or with NaN or an infinity are left out,
-    so that they count as unknown and never reach a comparison.
+    so that they count as unknown and never reach a comparison; so is anything that is not a
+    series at all, because a broken or hostile server must not stop the control loop.
     """
     values: dict[str, float] = {}
     for series in result:
-        key = series.get("metric", {}).get(label)
+        metric = series.get("metric") if isinstance(series, dict) else None
+        key = metric.get(label) if isinstance(metric, dict) else None
         try:
             value = float(series["value"][1])
         except (KeyError, IndexError, TypeError, ValueError):
             continue
-        if key is None or not math.isfinite(value):
+        if not isinstance(key, str) or not math.isfinite(value):
             continue
         values[key] = value
     return values
