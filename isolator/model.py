@@ -22,17 +22,19 @@ REGION_LABEL = "topology.kubernetes.io/region"
 
 
 class NodeVerdict(enum.StrEnum):
-    """What the isolator concludes about one edge node."""
+    """The isolator's verdict on one edge node."""
 
     UNKNOWN = "unknown"  # not yet seen both ways, or no usable evidence
     HEALTHY = "healthy"
     SUSPECT = "suspect"  # silent to the cloud, with no in-site evidence either way yet
     FAILED = "failed"  # silent to the cloud and confirmed down from inside the site
-    UNREACHABLE = "unreachable"  # silent to the cloud while the site still sees it serving
+    UNREACHABLE = (
+        "unreachable"  # silent to the cloud while evidence inside the site shows it serving
+    )
 
 
 class RegionVerdict(enum.StrEnum):
-    """What the isolator concludes about one region."""
+    """The isolator's verdict on one region."""
 
     NORMAL = "normal"
     DEGRADED = "degraded"  # some nodes failed, the region itself is reachable
@@ -41,7 +43,7 @@ class RegionVerdict(enum.StrEnum):
 
 
 class GlobalVerdict(enum.StrEnum):
-    """What the isolator concludes about the estate as a whole."""
+    """The isolator's verdict on the estate as a whole."""
 
     NORMAL = "normal"
     FAIL_SAFE = "fail_safe"  # most regions went dark at once: suspect the central side
@@ -103,7 +105,7 @@ class NodeEvidence:
 
 @dataclass(slots=True)
 class RegionEvidence:
-    """The region's monitoring path as the central Prometheus sees it."""
+    """Health of the region's monitoring path, read from the central Prometheus."""
 
     region: str
     federation_up: SiteSample | None = None

@@ -1,7 +1,7 @@
 """Typed settings for the isolator service and the node agent.
 
 Every setting reads from the environment with the prefix ``ISOLATOR_`` (service) or
-``ISOLATOR_AGENT_`` (agent). Each field says what it sets, its unit, and why its default is what
+``ISOLATOR_AGENT_`` (agent). Each field states what it sets, its unit, and why its default is what
 it is. Settings are loaded once at start-up and passed explicitly.
 """
 

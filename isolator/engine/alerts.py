@@ -18,7 +18,7 @@ SEEN_ALERTS_KEPT = 10_000
 
 
 class AlertOutcome(enum.StrEnum):
-    """What became of one alert in a notification."""
+    """Outcome of one alert in a notification."""
 
     RECORDED = "recorded"
     DUPLICATE = "duplicate"

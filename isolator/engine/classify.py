@@ -84,7 +84,7 @@ def _judge_silent_node(
     limits: Thresholds,
     verdict: Callable[[NodeVerdict, str], NodeAssessment],
 ) -> NodeAssessment:
-    """Judge a node the cloud cannot hear, from what its edge Prometheus sees inside the site.
+    """Judge a node the cloud cannot hear, from what its edge Prometheus scrapes inside the site.
 
     The node is failed only when every target the site has fresh data for is down: a dead
     agent next to a kubelet that still answers is an agent crash on a serving node.

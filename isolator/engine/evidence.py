@@ -17,7 +17,7 @@ _T = TypeVar("_T")
 
 
 class HeartbeatOutcome(enum.StrEnum):
-    """What became of one heartbeat."""
+    """Outcome of one heartbeat."""
 
     ACCEPTED = "accepted"
     UNKNOWN_NODE = "unknown_node"

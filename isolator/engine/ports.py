@@ -1,4 +1,4 @@
-"""What the engine needs from the outside world, as protocols the sources implement.
+"""Protocols for everything the engine needs from outside systems; the sources implement them.
 
 The engine depends on these shapes only, so it runs against fakes in unit tests and against the
 real adapters in the service.
@@ -13,7 +13,7 @@ from isolator.model import EdgeNode, SiteView
 
 
 class ActionOutcome(Protocol):
-    """What a cut or restore changed, and whether reading it back confirmed it."""
+    """Result of a cut or restore: the Pods changed, and whether reading back confirmed it."""
 
     @property
     def node(self) -> str: ...
@@ -49,7 +49,7 @@ class Cluster(Protocol):
 
 
 class Prober(Protocol):
-    """Sends one probe to an agent and reports whether it answered correctly."""
+    """Sends one probe to an agent and returns whether the agent responded correctly."""
 
     async def probe(self, node: str, url: str) -> bool: ...
 

@@ -1,7 +1,7 @@
 """Reads the full set of active alerts from Alertmanager's API (v2).
 
-A webhook notification may be truncated by the receiver's ``max_alerts``; the isolator then
-reads every active alert instead of guessing the scope from the alerts it was sent.
+The receiver's ``max_alerts`` may truncate a webhook notification. The isolator then reads
+every active alert, because the alerts it was sent do not show the scope.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 class AlertmanagerError(SourceError):
-    """Alertmanager answered with an error or with a body that is not a list of alerts."""
+    """Alertmanager returned an error or a body that is not a list of alerts."""
 
 
 class AlertmanagerUnavailableError(AlertmanagerError, SourceUnavailableError):
@@ -61,12 +61,12 @@ class AlertmanagerSource:
                 if response.status != 200:
                     text = (await response.text())[:200]
                     raise AlertmanagerError(
-                        f"Alertmanager at {url} answered {response.status}: {text}"
+                        f"Alertmanager at {url} returned HTTP {response.status}: {text}"
                     )
                 body = await response.json()
         except (aiohttp.ClientError, TimeoutError) as err:
             raise AlertmanagerUnavailableError(
-                f"Alertmanager at {url} did not answer: {err!r}"
+                f"Alertmanager at {url} did not respond: {err!r}"
             ) from err
         except ValueError as err:
             raise AlertmanagerError(f"Alertmanager at {url} sent invalid JSON: {err}") from err

@@ -31,7 +31,7 @@ def _micro_time(wall: float) -> datetime:
 
 
 class LeaderElector:
-    """Holds or waits for one Lease; ``is_leader`` is the answer the control loop reads."""
+    """Holds or waits for one Lease; the control loop reads ``is_leader`` before acting."""
 
     def __init__(
         self,

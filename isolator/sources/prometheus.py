@@ -39,8 +39,8 @@ def parse_vector(result: QueryResult, label: str) -> dict[str, float]:
     """Map the value of ``label`` on each series to the series' value.
 
     Series without the label, with an unparseable value, or with NaN or an infinity are left out,
-    so that they count as unknown and never reach a comparison; so is anything that is not a
-    series at all, because a broken or hostile server must not stop the control loop.
+    so that they count as unknown and never reach a comparison. Entries that are not series at
+    all are left out too, because a broken or hostile server must not stop the control loop.
     """
     values: dict[str, float] = {}
     for series in result:
@@ -126,7 +126,7 @@ class PrometheusSource:
             return await loop.run_in_executor(self._executor, call)
         except requests.exceptions.RequestException as err:
             raise PrometheusUnavailableError(
-                f"central Prometheus at {self._url} did not answer {query!r}: {err}"
+                f"central Prometheus at {self._url} did not respond to {query!r}: {err}"
             ) from err
         except PrometheusApiClientException as err:
             raise PrometheusError(
