@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,6 @@ from isolator.learning.model import (
     train,
     tune_rule,
 )
-from isolator.settings import Settings
 
 SMALL_CORPUS_SCENARIOS = 120
 
@@ -419,18 +417,12 @@ def test_missing_model_file_rejected(tmp_path: Path) -> None:
         GreyFailureModel.load(tmp_path / "absent.json")
 
 
-def test_scoring_ten_thousand_nodes_fits_loop_pass(committed: GreyFailureModel) -> None:
+def test_scoring_ten_thousand_nodes(committed: GreyFailureModel) -> None:
+    # Only correctness at scale here: the time it takes belongs to the benchmark.
     nodes = [n for r in range(250) for n in region_of(40, f"r{r:03d}")]
     nodes[17] = node("grey", region="r000", rtt=0.4, ingress=0.3)
-    loop_interval_s = Settings.model_fields["loop_interval_s"].default
 
-    timings = []
-    for _ in range(3):
-        started = time.perf_counter()
-        scores = committed.score(nodes)
-        timings.append(time.perf_counter() - started)
+    scores = committed.score(nodes)
 
     assert len(scores) == 10_000
     assert scores[17].score > 0.5
-    # The best of three runs filters out a busy moment of the machine running the tests.
-    assert min(timings) < loop_interval_s, f"scoring 10,000 nodes took {min(timings):.3f} s"
