@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from dashboards import build_all
 from dashboards import common as c
 from dashboards.export import LEGACY_KEYS, UNSET_KEYS, clean
 from isolator.model import NodeVerdict, RegionVerdict
 from tests.monitoring.metric_names import unknown_names
+from tests.monitoring.queries import dashboard_queries, panels
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "dashboards" / "schema" / "dashboard.jsonschema.json"
@@ -44,12 +46,6 @@ def schema_errors(validator: jsonschema.Draft7Validator, data: dict[str, Any]) -
         f"{'/'.join(str(p) for p in error.absolute_path)}: {error.message[:300]}"
         for error in validator.iter_errors(data)
     ]
-
-
-def panels(data: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in data["panels"]:
-        yield panel
-        yield from panel.get("panels", [])
 
 
 def committed() -> list[Path]:
@@ -238,3 +234,21 @@ def test_threshold_base_becomes_null(dashboards: dict[str, dict[str, Any]]) -> N
             steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
             assert steps[0] == {"color": steps[0]["color"], "value": None}, name
             assert all(set(step) == {"color", "value"} for step in steps), name
+
+
+def test_queries_parse_as_promql(dashboards: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    queries = list(dashboard_queries(dashboards).values())
+    assert all("$" not in query for query in queries), queries
+    rules = [{"record": f"dashboard:query_{i}:test", "expr": q} for i, q in enumerate(queries)]
+    path = tmp_path / "queries.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
+
+    result = subprocess.run(
+        ["promtool", "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
