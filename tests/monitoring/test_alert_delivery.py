@@ -1,8 +1,8 @@
 """A real fault fires a generated alert that reaches the isolator as evidence, in the lab.
 
 The lab's central Prometheus loads alert_rules/isolator.rules.yml and scrapes the isolator.
-Crashing a node makes its edge Prometheus scrape the agent down; the generated
-IsolatorEdgeAgentDown alert fires on the central, Alertmanager delivers it to the isolator's
+Crashing a node makes its edge Prometheus scrape the agent down, so the generated
+IsolatorEdgeAgentDown alert fires on the central. Alertmanager delivers it to the isolator's
 webhook, and the isolator lists it in the node's firing alerts until the node recovers.
 """
 
