@@ -35,7 +35,7 @@ PROBE_CONCURRENCY = 64
 
 @dataclass(slots=True)
 class Isolation:
-    """A node whose Pods the isolator has cut, and what it knows of that cut."""
+    """A node whose Pods the isolator has cut, with the details of that cut."""
 
     node: str
     region: str
@@ -90,6 +90,7 @@ class Controller:
         self._memory = Memory.empty(started_at=clock.monotonic())
         self._in_flight: dict[str, asyncio.Task[None]] = {}
         self._site_view_error: str | None = None
+        self._published: dict[str, str] = {}  # node -> region with per-node metric series
         self._limits = Thresholds(
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             site_max_age_s=settings.site_max_age_s,
@@ -266,6 +267,14 @@ class Controller:
         for region, verdict in assessment.regions.items():
             counts = Counter(n.verdict for n in assessment.nodes.values() if n.region == region)
             self._metrics.set_region(region, verdict.verdict, dict(counts))
+        now = self._clock.monotonic()
+        for name, node in assessment.nodes.items():
+            self._metrics.set_node(node, self.store.nodes[name], now)
+        for name, region in self._published.items() - {
+            (n.node, n.region) for n in assessment.nodes.values()
+        }:
+            self._metrics.forget_node(region, name)
+        self._published = {n.node: n.region for n in assessment.nodes.values()}
 
     def _start(self, decision: Decision) -> None:
         if decision.kind is Kind.HOLD:

@@ -234,3 +234,17 @@ async def test_agent_crash_on_serving_node_not_cut() -> None:
 
     assert harness.node_verdict("r3-n05") is NodeVerdict.UNREACHABLE
     assert harness.cluster.cuts == []
+
+
+async def test_node_series_published_and_forgotten() -> None:
+    harness = await Harness.start(regions=1, nodes=2)
+    registry = harness.controller._metrics.registry
+    labels = {"region": "r1", "node": "r1-n02", "verdict": "healthy"}
+
+    assert registry.get_sample_value("isolator_node_verdict_info", labels) == 1.0
+
+    harness.cluster.nodes = [n for n in harness.cluster.nodes if n.name != "r1-n02"]
+    await harness.controller.refresh()
+    await harness.run_for(0.5)
+
+    assert registry.get_sample_value("isolator_node_verdict_info", labels) is None
