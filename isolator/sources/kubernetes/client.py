@@ -38,6 +38,7 @@ class KubernetesClient:
         self._core = client.CoreV1Api(api_client)
         self._discovery = client.DiscoveryV1Api(api_client)
         self._events = client.EventsV1Api(api_client)
+        self._networking = client.NetworkingV1Api(api_client)
 
     async def close(self) -> None:
         await self._api_client.close()
@@ -78,10 +79,61 @@ class KubernetesClient:
             "list Nodes", self._core.list_node, label_selector=label_selector
         )
 
-    async def list_pods(self, field_selector: str | None = None) -> list[dict[str, Any]]:
-        """List Pods in all namespaces, optionally narrowed by a field selector."""
+    async def list_pods(
+        self, field_selector: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """List Pods in all namespaces, optionally narrowed by a field and a label selector."""
         kwargs = {"field_selector": field_selector} if field_selector else {}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
         return await self._list_all("list Pods", self._core.list_pod_for_all_namespaces, **kwargs)
+
+    async def list_endpoints(self, namespace: str) -> list[dict[str, Any]]:
+        return await self._list_all(
+            f"list Endpoints in {namespace}",
+            self._core.list_namespaced_endpoints,
+            namespace=namespace,
+        )
+
+    async def list_ingresses(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        """List Ingresses in all namespaces, optionally narrowed by a label selector."""
+        kwargs = {"label_selector": label_selector} if label_selector else {}
+        return await self._list_all(
+            "list Ingresses", self._networking.list_ingress_for_all_namespaces, **kwargs
+        )
+
+    async def patch_endpoint_slice(self, namespace: str, name: str, body: Any) -> dict[str, Any]:
+        """Apply a strategic merge patch to an EndpointSlice."""
+
+        async def request() -> Any:
+            return await self._discovery.patch_namespaced_endpoint_slice(
+                name, namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self._timeout
+            )
+
+        operation = f"patch EndpointSlice {namespace}/{name}"
+        return self._to_json(await self._call(operation, request, {"object": operation}))
+
+    async def patch_endpoints(self, namespace: str, name: str, body: Any) -> dict[str, Any]:
+        """Apply a strategic merge patch to an Endpoints object."""
+
+        async def request() -> Any:
+            return await self._core.patch_namespaced_endpoints(
+                name, namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self._timeout
+            )
+
+        operation = f"patch Endpoints {namespace}/{name}"
+        return self._to_json(await self._call(operation, request, {"object": operation}))
+
+    async def patch_ingress(self, namespace: str, name: str, body: Any) -> dict[str, Any]:
+        """Apply a JSON patch (a list of operations) to an Ingress."""
+
+        async def request() -> Any:
+            return await self._networking.patch_namespaced_ingress(
+                name, namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self._timeout
+            )
+
+        operation = f"patch Ingress {namespace}/{name}"
+        return self._to_json(await self._call(operation, request, {"object": operation}))
 
     async def list_services(self, namespace: str) -> list[dict[str, Any]]:
         return await self._list_all(

@@ -66,6 +66,18 @@ def pod_reference(pod: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def object_reference(obj: Mapping[str, Any], api_version: str, kind: str) -> dict[str, Any]:
+    """Return the ObjectReference of a namespaced object in its JSON form."""
+    metadata = obj.get("metadata") or {}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "namespace": metadata.get("namespace"),
+        "name": metadata.get("name"),
+        "uid": metadata.get("uid"),
+    }
+
+
 def node_reference(name: str, uid: str | None) -> dict[str, Any]:
     reference: dict[str, Any] = {"apiVersion": "v1", "kind": "Node", "name": name}
     if uid:

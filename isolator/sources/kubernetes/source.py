@@ -1,43 +1,62 @@
-"""KubernetesSource: the edge-node inventory, and the cut, restore and read-back of Pod traffic.
+"""KubernetesSource: the edge-node inventory, and the cut, restore and read-back of traffic.
 
-Nothing here deletes or evicts a Pod. A cut first writes a record of what it replaces into an
-annotation, then sets Pod conditions False through the status subresource, so the EndpointSlice
-controller marks the Pod's endpoints not ready. A restore puts back what the record contains
-and then removes it.
+Nothing here deletes or evicts a Pod. A cut takes Pods out of their Services' ready endpoints
+through Pod conditions (see ``pods``), edits the endpoints of Services without a selector
+directly (see ``selectorless``), and a split horizon moves a region's cloud-side Ingress routes
+to a fallback (see ``horizon``). Every change records what it replaced on the object it changed,
+so restore is exact and a restarted isolator rebuilds its state from those records alone.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from isolator.clock import Clock, SystemClock
-from isolator.model import CUT_ANNOTATION, REGION_LABEL, EdgeNode
-from isolator.sources.kubernetes import patches
+from isolator.model import REGION_LABEL, EdgeNode
+from isolator.sources.kubernetes import patches, recorded
 from isolator.sources.kubernetes.client import CONFLICT, NOT_FOUND, KubernetesClient
 from isolator.sources.kubernetes.errors import MAX_ATTEMPTS, KubernetesError
-from isolator.sources.kubernetes.patches import Json
-from isolator.sources.kubernetes.readback import EndpointReader
+from isolator.sources.kubernetes.horizon import IngressHorizon, SplitRequest, SplitResult
+from isolator.sources.kubernetes.patches import CutScope, Json, Owner
+from isolator.sources.kubernetes.pods import CutRequest, PodCuts, Restored
+from isolator.sources.kubernetes.readback import EndpointReader, name_pods
+from isolator.sources.kubernetes.recorded import RecordedIsolation
+from isolator.sources.kubernetes.selectorless import NODE_OWNER, POD_OWNER, SelectorlessEndpoints
 from isolator.sources.kubernetes.writes import PodWriter, log_conflict
 
 logger = logging.getLogger(__name__)
 
+# Times a cut is applied again within one read-back after another writer undid it. More than
+# that is a fight with a controller or webhook, which a person must settle.
+MAX_REAPPLY = 2
+
 
 @dataclass(frozen=True)
 class ActionResult:
-    """Outcome of a cut or restore: the Pods changed and whether the EndpointSlices confirm it."""
+    """Outcome of a cut or restore: the Pods changed and whether reading back confirms it."""
 
-    node: str
+    node: str  # the node of the Pods acted on
     pods: tuple[str, ...]  # "namespace/name" of every Pod changed (or, on restore, put back)
-    verified: bool  # the EndpointSlices read back show the intended state
+    verified: bool  # the EndpointSlices and edited endpoints read back show the intended state
     detail: str  # one line for a person: what was done and what was read back
+    objects: tuple[str, ...] = ()  # "Kind namespace/name" of selector-less endpoints edited
+    scope: str = CutScope.NODE.value  # the CutScope of a cut
+
+
+def _rfc3339(wall_s: float | None) -> str | None:
+    return None if wall_s is None else patches.rfc3339(wall_s)
+
+
+def _owned_by_pod(pod: Json) -> bool:
+    record = patches.read_record(pod)
+    return record is not None and record.owner is Owner.POD
 
 
 async def _load_api_client(kubeconfig: str | None) -> ApiClient:
@@ -72,8 +91,12 @@ class KubernetesSource:
         self._dry_run = dry_run
         self._clock = clock
         self._verify_timeout_s = verify_timeout_s
+        self._poll_interval_s = poll_interval_s
         self._writer = PodWriter(kube, clock=clock, instance=instance)
         self._reader = EndpointReader(kube, clock=clock, poll_interval_s=poll_interval_s)
+        self._pods = PodCuts(self._writer, clock=clock)
+        self._endpoints = SelectorlessEndpoints(kube, self._writer)
+        self._horizon = IngressHorizon(kube, self._writer, clock=clock)
 
     @classmethod
     async def create(
@@ -139,8 +162,11 @@ class KubernetesSource:
                 result.setdefault(node, []).append(patches.pod_key(pod))
         return {node: sorted(pods) for node, pods in sorted(result.items())}
 
-    async def _pods_on(self, node: str) -> Sequence[Json]:
-        return await self._kube.list_pods(field_selector=f"spec.nodeName={node}")
+    async def _pods_on(self, node: str, label_selector: str | None = None) -> Sequence[Json]:
+        field_selector = f"spec.nodeName={node}"
+        if label_selector:
+            return await self._kube.list_pods(field_selector, label_selector)
+        return await self._kube.list_pods(field_selector=field_selector)
 
     # Serving gate
 
@@ -186,170 +212,311 @@ class KubernetesSource:
 
     # Cut
 
-    async def cut_node(self, node: str, reason: str, incident: str) -> ActionResult:
-        """Take every Pod on the node out of its Services' ready endpoints, and read it back.
+    async def cut_node(
+        self,
+        node: str,
+        reason: str,
+        incident: str,
+        *,
+        scope: str = CutScope.NODE,
+        pod_selector: str | None = None,
+        who: str | None = None,
+        expires_at: float | None = None,
+        dry_run: bool = False,
+    ) -> ActionResult:
+        """Take the node's Pods in ``scope`` out of their Services' ready endpoints, read back.
 
-        A Pod already cut keeps its record, and its status is cut again if something reverted
-        it. Pods that have finished (Succeeded or Failed) are left alone.
+        ``scope`` is a CutScope value. In the INGRESS scope only the Pods that match
+        ``pod_selector`` (a label selector naming the ingress controller's Pods) are cut.
+        ``who`` names the person behind a manual isolation, which ends at ``expires_at``
+        (wall-clock seconds). A Pod already cut keeps its record, and its status is cut again
+        if something reverted it. Pods that have finished (Succeeded or Failed) are left alone.
         """
-        extra = {"node": node, "incident": incident}
-        pods = [pod for pod in await self._pods_on(node) if not patches.is_terminal(pod)]
-        if self._dry_run:
+        cut_scope = CutScope(scope)
+        if cut_scope is CutScope.INGRESS and not pod_selector:
+            raise ValueError("an ingress cut needs the label selector of the controller's Pods")
+        selector = pod_selector if cut_scope is CutScope.INGRESS else None
+        pods = [pod for pod in await self._pods_on(node, selector) if not patches.is_terminal(pod)]
+        request = CutRequest(reason, incident, cut_scope, Owner.NODE, who, _rfc3339(expires_at))
+        return await self._cut(
+            pods, request, node=node, owner=f"{NODE_OWNER}{node}", dry_run=dry_run
+        )
+
+    async def cut_pod(
+        self,
+        pod: str,
+        reason: str,
+        incident: str,
+        *,
+        who: str | None = None,
+        expires_at: float | None = None,
+        dry_run: bool = False,
+    ) -> ActionResult:
+        """Take one Pod ("namespace/name") out of its Services' ready endpoints, read back.
+
+        The cut sets Ready and the serving gate False, as for a dead kubelet, and belongs to the
+        Pod alone: a restore of its node leaves it in place. Raises KubernetesError with status
+        404 when the Pod does not exist.
+        """
+        namespace, name = patches.split_pod_key(pod)
+        found = await self._kube.read_pod(namespace, name)
+        if found is None:
+            raise KubernetesError(f"Pod {pod} not found", status=NOT_FOUND)
+        node = (found.get("spec") or {}).get("nodeName") or ""
+        request = CutRequest(reason, incident, CutScope.NODE, Owner.POD, who, _rfc3339(expires_at))
+        pods = [] if patches.is_terminal(found) else [found]
+        return await self._cut(pods, request, node=node, owner=f"{POD_OWNER}{pod}", dry_run=dry_run)
+
+    async def _cut(
+        self, pods: Sequence[Json], request: CutRequest, *, node: str, owner: str, dry_run: bool
+    ) -> ActionResult:
+        extra = {"node": node, "incident": request.incident, "scope": request.scope.value}
+        subject = owner.replace(":", " ", 1)
+        if self._dry_run or dry_run:
             planned = sorted(
                 patches.pod_key(pod)
                 for pod in pods
-                if not (patches.is_cut(pod) and patches.is_cut_applied(pod))
+                if not (patches.is_cut(pod) and patches.is_cut_applied(pod, request.scope))
             )
             for key in planned:
                 logger.info("Dry run: would cut Pod", extra={**extra, "pod": key})
             detail = (
-                f"dry run: would cut {len(planned)} of {len(pods)} Pods on node {node} for "
-                f"incident {incident}; nothing was written"
+                f"dry run: would cut {len(planned)} of {len(pods)} Pods of {subject} "
+                f"({request.scope.value} scope) for incident {request.incident}; "
+                "nothing was written"
             )
-            return ActionResult(node, tuple(planned), verified=False, detail=detail)
+            return ActionResult(node, tuple(planned), False, detail, scope=request.scope.value)
 
         async def cut(pod: Json) -> str | None:
-            return await self._cut_pod(pod, node=node, reason=reason, incident=incident)
+            return await self._pods.cut(pod, request, node=node)
 
-        changed = await self._writer.for_each(pods, cut, f"cut node {node}", node)
+        changed = await self._writer.for_each(pods, cut, f"cut {subject}", node)
         changed_keys = tuple(sorted(key for key in changed if key))
-        if changed_keys:
-            note = f"Traffic cut to {len(changed_keys)} Pods for incident {incident}: {reason}"
+        at = patches.rfc3339(self._clock.wall())
+        objects = await self._endpoints.cut(
+            pods, owner=owner, incident=request.incident, at=at, note=request.describe()
+        )
+        if changed_keys and owner.startswith(NODE_OWNER):
+            note = (
+                f"Traffic cut to {len(changed_keys)} Pods ({request.scope.value} scope) for "
+                f"incident {request.incident}: {request.reason}"
+            )
             await self._writer.emit_node_event(node, patches.CUT_REASON, "Cut", note, warning=True)
 
         keys = [patches.pod_key(pod) for pod in pods]
-        verified, seen = await self._reader.read_back(
-            keys, ready=False, timeout_s=self._verify_timeout_s
-        )
+        verified, seen = await self._read_back_cut(keys, request, node=node)
+        namespaces = {patches.split_pod_key(key)[0] for key in keys}
+        pending = await self._endpoints.pending(namespaces, owner=owner, cut=True)
+        if pending:
+            verified = False
+            seen = f"{seen}; endpoints still ready in {name_pods(pending)}"
+        edits = f", {len(objects)} selector-less endpoint objects" if objects else ""
         detail = (
-            f"cut {len(changed_keys)} of {len(keys)} Pods on node {node} for incident "
-            f"{incident}; {seen}"
+            f"cut {len(changed_keys)} of {len(keys)} Pods{edits} of {subject} "
+            f"({request.scope.value} scope) for incident {request.incident}; {seen}"
         )
-        logger.info("Node cut", extra={**extra, "pods": len(changed_keys), "verified": verified})
-        return ActionResult(node, changed_keys, verified=verified, detail=detail)
+        logger.info(
+            "Cut finished", extra={**extra, "pods": len(changed_keys), "verified": verified}
+        )
+        return ActionResult(
+            node, changed_keys, verified, detail, objects=tuple(objects), scope=request.scope.value
+        )
 
-    async def _cut_pod(self, pod: Json, *, node: str, reason: str, incident: str) -> str | None:
-        """Cut one Pod; return its key when anything was written, None when nothing was."""
-        key = patches.pod_key(pod)
-        extra = {"node": node, "pod": key, "incident": incident}
-        wall_s = self._clock.wall()
+    async def _read_back_cut(
+        self, keys: Sequence[str], request: CutRequest, *, node: str
+    ) -> tuple[bool, str]:
+        """Read the cut back, applying it again when another writer undid it, at most
+        MAX_REAPPLY times within the verify timeout.
 
-        def record(current: Json) -> dict[str, Any] | None:
-            if patches.is_cut(current):
-                return None
-            cut = patches.cut_record(current, reason=reason, incident=incident, wall_s=wall_s)
-            return patches.cut_annotation_patch(cut, current["metadata"]["resourceVersion"])
-
-        # The record goes first: if the status patch then fails, the next cut finds the
-        # record and cuts the status again, and restore can still read what to put back.
-        outcome = await self._writer.patch_metadata(pod, record)
-        if outcome is None:
-            logger.info("Pod disappeared before it was cut", extra=extra)
-            return None
-        pod, wrote_record = outcome
-        if not wrote_record:
-            if patches.is_cut_applied(pod):
-                return None
+        The verify timeout is split into rounds. A round succeeds when the EndpointSlices show
+        every Pod not ready and, one poll interval later, every Pod's status still shows the
+        cut: a controller or an admission webhook that sets Ready back does so within moments
+        of the cut. After a round that fails, the Pods whose record is there but whose status
+        no longer shows the cut are cut again.
+        """
+        rounds = MAX_REAPPLY + 1
+        reapplied = 0
+        verified, seen = False, ""
+        for round_number in range(1, rounds + 1):
+            verified, seen = await self._reader.read_back(
+                keys, ready=False, timeout_s=self._verify_timeout_s / rounds
+            )
+            if verified:
+                await self._clock.sleep(self._poll_interval_s)
+            elif round_number == rounds:
+                break
+            reverted = await self._reverted(keys, node)
+            if verified and not reverted:
+                break
+            if reverted:
+                verified = False
+                seen = f"{len(reverted)} of {len(keys)} Pods no longer show the cut"
+            if not reverted or round_number == rounds:
+                continue
             logger.warning(
-                "Pod is recorded as cut but its status is not, cutting again", extra=extra
+                "Cut was undone by another writer, applying it again",
+                extra={"node": node, "pods": name_pods(sorted(map(patches.pod_key, reverted)))},
             )
 
-        body = patches.cut_status_patch(pod, incident=incident, wall_s=self._clock.wall())
-        if await self._writer.patch_status(pod, body) is None:
-            logger.info("Pod disappeared before it was cut", extra=extra)
-            return None
-        note = f"Traffic cut by the isolator for incident {incident}: {reason}"
-        await self._writer.emit_pod_event(pod, patches.CUT_REASON, "Cut", note, warning=True)
-        logger.info("Pod cut", extra=extra)
-        return key
+            async def cut(pod: Json) -> str | None:
+                return await self._pods.cut(pod, request, node=node)
+
+            await self._writer.for_each(reverted, cut, f"cut node {node} again", node)
+            reapplied += 1
+        if reapplied:
+            seen = (
+                f"{seen}; another writer undid the cut, applied again {reapplied} times "
+                f"(at most {MAX_REAPPLY})"
+            )
+        return verified, seen
+
+    async def _reverted(self, keys: Sequence[str], node: str) -> list[Json]:
+        """Return the Pods among ``keys`` that carry a record but whose status is not cut."""
+        wanted = set(keys)
+        if node:
+            pods = [p for p in await self._pods_on(node) if patches.pod_key(p) in wanted]
+        else:
+            read = [await self._kube.read_pod(*patches.split_pod_key(key)) for key in keys]
+            pods = [pod for pod in read if pod is not None]
+        reverted = []
+        for pod in pods:
+            record = patches.read_record(pod)
+            if record is not None and not patches.is_cut_applied(pod, record.scope):
+                reverted.append(pod)
+        return reverted
 
     # Restore
 
-    async def restore_node(self, node: str, incident: str) -> ActionResult:
+    async def restore_node(
+        self, node: str, incident: str, *, dry_run: bool = False
+    ) -> ActionResult:
         """Put back the conditions recorded on the node's cut Pods, remove the records, read back.
 
-        Only Pods whose Ready was True before the cut, and that some Service selects, are
-        expected back in the ready endpoints. A second call finds no record and changes nothing.
+        Pods isolated on their own keep their cut. Only Pods whose Ready was True before the
+        cut, and that some Service selects, are expected back in the ready endpoints. A second
+        call finds no record and changes nothing.
         """
+        on_node = await self._pods_on(node)
+        pods = [pod for pod in on_node if patches.is_cut(pod) and not _owned_by_pod(pod)]
+        namespaces = {patches.split_pod_key(patches.pod_key(pod))[0] for pod in on_node}
+        return await self._restore(
+            pods,
+            node=node,
+            owner=f"{NODE_OWNER}{node}",
+            namespaces=namespaces,
+            incident=incident,
+            dry_run=dry_run,
+        )
+
+    async def restore_pod(self, pod: str, incident: str, *, dry_run: bool = False) -> ActionResult:
+        """Put back what the cut of one Pod ("namespace/name") replaced, and read it back.
+
+        This also ends a node cut's hold on the Pod. Raises KubernetesError with status 404 when
+        the Pod does not exist.
+        """
+        namespace, name = patches.split_pod_key(pod)
+        found = await self._kube.read_pod(namespace, name)
+        if found is None:
+            raise KubernetesError(f"Pod {pod} not found", status=NOT_FOUND)
+        node = (found.get("spec") or {}).get("nodeName") or ""
+        pods = [found] if patches.is_cut(found) else []
+        return await self._restore(
+            pods,
+            node=node,
+            owner=f"{POD_OWNER}{pod}",
+            namespaces={namespace},
+            incident=incident,
+            dry_run=dry_run,
+        )
+
+    async def _restore(
+        self,
+        pods: Sequence[Json],
+        *,
+        node: str,
+        owner: str,
+        namespaces: set[str],
+        incident: str,
+        dry_run: bool,
+    ) -> ActionResult:
         extra = {"node": node, "incident": incident}
-        pods = [pod for pod in await self._pods_on(node) if patches.is_cut(pod)]
-        if self._dry_run:
+        subject = owner.replace(":", " ", 1)
+        if self._dry_run or dry_run:
             planned = sorted(patches.pod_key(pod) for pod in pods)
             for key in planned:
                 logger.info("Dry run: would restore Pod", extra={**extra, "pod": key})
             detail = (
-                f"dry run: would restore {len(planned)} Pods on node {node} for incident "
+                f"dry run: would restore {len(planned)} Pods of {subject} for incident "
                 f"{incident}; nothing was written"
             )
             return ActionResult(node, tuple(planned), verified=False, detail=detail)
 
-        async def restore(pod: Json) -> tuple[str, Json, bool] | None:
-            return await self._restore_pod(pod, node=node, incident=incident)
+        async def restore(pod: Json) -> Restored | None:
+            return await self._pods.restore(pod, node=node, incident=incident)
 
-        outcomes = await self._writer.for_each(pods, restore, f"restore node {node}", node)
+        outcomes = await self._writer.for_each(pods, restore, f"restore {subject}", node)
         restored = [outcome for outcome in outcomes if outcome is not None]
-        keys = tuple(sorted(key for key, _, _ in restored))
-        if keys:
+        keys = tuple(sorted(outcome.key for outcome in restored))
+        note = f"Traffic restored by the isolator after incident {incident}"
+        objects = await self._endpoints.restore(namespaces, owner=owner, note=note)
+        if keys and owner.startswith(NODE_OWNER):
             note = f"Traffic restored to {len(keys)} Pods after incident {incident}"
             await self._writer.emit_node_event(
                 node, patches.RESTORE_REASON, "Restore", note, warning=False
             )
 
-        expected = await self._reader.expected_ready([pod for _, pod, ready in restored if ready])
+        expected = await self._reader.expected_ready(
+            [outcome.pod for outcome in restored if outcome.was_ready]
+        )
         verified, seen = await self._reader.read_back(
             expected, ready=True, timeout_s=self._verify_timeout_s
         )
-        detail = f"restored {len(keys)} Pods on node {node} for incident {incident}; {seen}"
-        logger.info("Node restored", extra={**extra, "pods": len(keys), "verified": verified})
-        return ActionResult(node, keys, verified=verified, detail=detail)
+        pending = await self._endpoints.pending(namespaces, owner=owner, cut=False)
+        if pending:
+            verified = False
+            seen = f"{seen}; endpoint records left in {name_pods(pending)}"
+        edits = f", {len(objects)} selector-less endpoint objects" if objects else ""
+        detail = f"restored {len(keys)} Pods{edits} of {subject} for incident {incident}; {seen}"
+        logger.info("Restore finished", extra={**extra, "pods": len(keys), "verified": verified})
+        return ActionResult(node, keys, verified=verified, detail=detail, objects=tuple(objects))
 
-    async def _restore_pod(
-        self, pod: Json, *, node: str, incident: str
-    ) -> tuple[str, Json, bool] | None:
-        """Restore one Pod; return its key, its latest state and whether Ready was True before
-        the cut, or None when the Pod disappeared."""
-        key = patches.pod_key(pod)
-        extra = {"node": node, "pod": key, "incident": incident}
-        text = patches.pod_annotations(pod)[CUT_ANNOTATION]
-        wall_s = self._clock.wall()
-        was_ready = False
-        body: dict[str, Any] | None
-        try:
-            record = patches.CutRecord.from_annotation(text)
-        except patches.InvalidCutRecordError as err:
-            logger.warning(
-                "Cut record is unreadable, restoring the serving condition only",
-                extra={**extra, "error": str(err)},
-            )
-            body = patches.gate_only_restore_patch(pod, incident=incident, wall_s=wall_s)
-        else:
-            was_ready = record.previous_ready == "True"
-            body = patches.restore_status_patch(pod, record, incident=incident, wall_s=wall_s)
-        if patches.is_terminal(pod):
-            body = None  # A finished Pod serves nothing, so only its record is removed.
+    # Split horizon
 
-        if body is not None:
-            patched = await self._writer.patch_status(pod, body)
-            if patched is None:
-                return None
-            pod = patched
+    async def split_region(
+        self,
+        region: str,
+        reason: str,
+        incident: str,
+        *,
+        region_label: str,
+        fallbacks: Mapping[str, str],
+        who: str | None = None,
+        expires_at: float | None = None,
+        dry_run: bool = False,
+    ) -> SplitResult:
+        """Move the region's cloud-side Ingress routes to its fallback Service, and read back.
 
-        def remove(current: Json) -> dict[str, Any] | None:
-            # A different record means the Pod was cut again meanwhile: that one stays.
-            if patches.pod_annotations(current).get(CUT_ANNOTATION) != text:
-                return None
-            return patches.remove_annotation_patch(current["metadata"]["resourceVersion"])
-
-        outcome = await self._writer.patch_metadata(pod, remove)
-        if outcome is None:
-            return None
-        pod = outcome[0]
-        note = f"Traffic restored by the isolator after incident {incident}"
-        await self._writer.emit_pod_event(
-            pod, patches.RESTORE_REASON, "Restore", note, warning=False
+        Ingresses are those labelled ``region_label=<region>``; ``fallbacks`` maps a region to
+        "service" or "service:port". Nothing inside the site is touched.
+        """
+        request = SplitRequest(region, reason, incident, who, _rfc3339(expires_at))
+        return await self._horizon.split(
+            request,
+            region_label=region_label,
+            fallbacks=fallbacks,
+            dry_run=self._dry_run or dry_run,
         )
-        logger.info("Pod restored", extra=extra)
-        return key, pod, was_ready
+
+    async def restore_region(
+        self, region: str, incident: str, *, dry_run: bool = False
+    ) -> SplitResult:
+        """Put back exactly the Ingress specs that a split of the region replaced."""
+        return await self._horizon.rejoin(region, incident, dry_run=self._dry_run or dry_run)
+
+    async def recorded_isolations(self) -> list[RecordedIsolation]:
+        """Rebuild every isolation from the cut and split records that Kubernetes holds."""
+        isolations = recorded.isolations_from_pods(await self._kube.list_pods())
+        return isolations + recorded.isolations_from_ingresses(await self._horizon.recorded())
 
     # Read-back
 

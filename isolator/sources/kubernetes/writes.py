@@ -131,6 +131,12 @@ class PodWriter:
             uid = None
         await self._emit(node_reference(node, uid), reason, action, note, warning=warning)
 
+    async def emit_object_event(
+        self, regarding: dict[str, Any], reason: str, action: str, note: str, *, warning: bool
+    ) -> None:
+        """Create an Event about any object, given its ObjectReference in JSON form."""
+        await self._emit(regarding, reason, action, note, warning=warning)
+
     async def _emit(
         self, regarding: dict[str, Any], reason: str, action: str, note: str, *, warning: bool
     ) -> None:
