@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from isolator.api.schemas import AlertmanagerWebhook, Heartbeat
 from isolator.api.views import node_view, region_view, status_view
@@ -36,22 +37,37 @@ def _field_errors(err: RequestValidationError) -> list[dict[str, str]]:
     return fields
 
 
+class BodySizeLimit:
+    """Middleware that rejects with 413 a request whose Content-Length is not a number or
+    exceeds MAX_BODY_BYTES.
+
+    It is plain ASGI on purpose. Starlette's ``@app.middleware("http")`` runs every request
+    through a task group and memory streams, which took about 0.3 ms of CPU per heartbeat
+    against 0.1 ms for all the rest of the app (measured in-process with starlette 1.10).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = Headers(scope=scope).get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                response = JSONResponse(
+                    {"error": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAPI:
     """Build the API around a running controller."""
     app = FastAPI(title="isolator", version="0.1.0")
     ledger = controller.alerts
     settings = controller.settings
 
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse(
-                {"error": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
