@@ -222,6 +222,88 @@ class Settings(BaseSettings):
         description="Decide and report every action, but write nothing to Kubernetes.",
     )
     log_json: bool = Field(False, description="Write logs as one JSON object per line.")
+    ingress_components: list[str] = Field(
+        default_factory=lambda: ["ingress", "ingress-controller"],
+        description=(
+            "Component names, as agents report them, that mean the node's ingress path failed. "
+            "Such a failure cuts only the node's ingress-controller Pods, since the node's other "
+            "Pods still serve traffic that does not enter through its ingress. A JSON list."
+        ),
+    )
+    ingress_controller_selector: str = Field(
+        "app.kubernetes.io/component=controller",
+        min_length=1,
+        description=(
+            "Label selector of the ingress controller's Pods, cut when a node's ingress path "
+            "fails. The default is the label that the ingress-nginx and Traefik charts set."
+        ),
+    )
+    ingress_region_label: str = Field(
+        "isolator.io/region",
+        min_length=1,
+        description=(
+            "Label whose value names the region a cloud-side Ingress serves. Those Ingresses "
+            "move to their fallback Service while the region is partitioned."
+        ),
+    )
+    region_fallback_services: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Fallback Service of each region's cloud-side Ingresses during a partition, as a "
+            'JSON object of region to "service" or "service:port" in the Ingress\'s namespace. '
+            "An isolator.io/fallback-service annotation on an Ingress overrides it."
+        ),
+    )
+    action_retry_limit: int = Field(
+        3,
+        ge=0,
+        description=(
+            "Further attempts at a cut that reading back did not confirm, or at a restore of an "
+            "expired manual isolation. A cut that something keeps undoing needs a person, so "
+            "the isolator stops after a few attempts and reports it unverified."
+        ),
+    )
+    action_retry_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="Pause between attempts at an unconfirmed action, in seconds.",
+    )
+    manual_default_ttl_s: float = Field(
+        86_400.0,
+        ge=0,
+        description=(
+            "Lifetime of a manual isolation whose request names no TTL, in seconds; 0 means no "
+            "expiry. One day, so that a forgotten isolation ends within a day."
+        ),
+    )
+    manual_max_ttl_s: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="Longest TTL a manual isolation may ask for, in seconds: one week.",
+    )
+    manual_restore_hold_s: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "How long automatic cuts of a node stay held after a person restored it, in "
+            "seconds, so the control loop does not undo that decision at its next pass."
+        ),
+    )
+    auth_token_file: str | None = Field(
+        None,
+        description=(
+            "Path of the YAML or JSON file that maps each API token, or its SHA-256 as "
+            '"sha256:<hex>", to a name and a role (viewer, operator, alertmanager, agent). '
+            "Read at start and again whenever the file changes."
+        ),
+    )
+    auth_disabled: bool = Field(
+        False,
+        description=(
+            "Serve the API without authentication. Only for tests: without a token file the "
+            "service does not start unless this is set."
+        ),
+    )
 
     @property
     def heartbeat_timeout_s(self) -> float:
@@ -276,4 +358,12 @@ class AgentSettings(BaseSettings):
     )
     check_timeout_s: float = Field(
         0.5, gt=0, description="Timeout of one component or ingress check, in seconds."
+    )
+    token_file: str | None = Field(
+        None,
+        description=(
+            "Path of a file that contains the agent's API token, sent as a bearer token with "
+            "every heartbeat. Read before each heartbeat, so a rotated token takes effect "
+            "without a restart. Unset sends no token."
+        ),
     )

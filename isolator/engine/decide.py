@@ -9,9 +9,10 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
+from isolator.engine.ports import CutScope
 from isolator.model import Assessment, GlobalVerdict, NodeVerdict, RegionVerdict
 
 
@@ -58,6 +59,10 @@ class Memory:
     healthy_since: dict[str, float] = field(default_factory=dict)
     cut_times: deque[float] = field(default_factory=deque)  # automatic cuts, newest last
     region_held_until: dict[str, float] = field(default_factory=dict)
+    # Nodes a person restored, whose automatic cuts are held until then.
+    cut_held_until: dict[str, float] = field(default_factory=dict)
+    partitioned_since: dict[str, float] = field(default_factory=dict)  # region -> since
+    reachable_since: dict[str, float] = field(default_factory=dict)  # region -> since
 
     @classmethod
     def empty(cls, started_at: float = 0.0) -> Memory:
@@ -83,6 +88,15 @@ class Memory:
         for since in (self.failed_since, self.healthy_since):
             for name in since.keys() - assessment.nodes.keys():
                 del since[name]
+        for region, judged in assessment.regions.items():
+            partitioned = judged.verdict is RegionVerdict.PARTITIONED
+            active, cleared = (
+                (self.partitioned_since, self.reachable_since)
+                if partitioned
+                else (self.reachable_since, self.partitioned_since)
+            )
+            active.setdefault(region, now)
+            cleared.pop(region, None)
 
 
 def region_budget(nodes_in_region: int, policy: Policy) -> int:
@@ -97,10 +111,12 @@ def decide(
     memory: Memory,
     now: float,
     policy: Policy,
+    manual: Set[str] = frozenset(),
 ) -> list[Decision]:
     """Return the cuts, restores and holds for this pass.
 
-    ``isolated`` maps every node whose Pods are cut to its region.
+    ``isolated`` maps every node whose Pods are cut to its region, and ``manual`` names the
+    ones a person isolated: only a person or the isolation's TTL restores those.
     """
     if assessment.verdict is GlobalVerdict.FAIL_SAFE:
         return [
@@ -108,7 +124,8 @@ def decide(
             for n in assessment.nodes.values()
             if n.verdict is NodeVerdict.FAILED and n.node not in isolated
         ]
-    decisions = _restores(assessment, isolated, memory, now, policy)
+    automatic = {name: region for name, region in isolated.items() if name not in manual}
+    decisions = _restores(assessment, automatic, memory, now, policy)
     decisions += _cuts(assessment, isolated, memory, now, policy)
     return decisions
 
@@ -175,6 +192,8 @@ def _cut_one(
 
     if region.verdict is RegionVerdict.PARTITIONED:
         return hold(f"region partitioned: {region.reason}")
+    if now < memory.cut_held_until.get(name, 0.0):
+        return hold("manual restore: a person restored this node")
     if now - memory.failed_since.get(name, now) < policy.correlation_window_s:
         return None  # still inside the correlation window; a region event may follow
     held_until = memory.region_held_until.get(node.region, 0.0)
@@ -186,3 +205,75 @@ def _cut_one(
         return hold(f"rate limit: {policy.cuts_per_minute} automatic cuts per minute reached")
     memory.cut_times.append(now)
     return Decision(Kind.CUT, name, node.region, node.reason)
+
+
+# Narrowest first: a wider scope takes out more of a node.
+_SCOPE_ORDER = (CutScope.INGRESS, CutScope.COMPONENT, CutScope.NODE)
+
+
+def cut_scope(component: str | None, ingress_components: Sequence[str]) -> CutScope:
+    """Return the scope of a cut for a node whose ``component`` failed (None: the whole node)."""
+    if component is None:
+        return CutScope.NODE
+    if component in ingress_components:
+        return CutScope.INGRESS
+    return CutScope.COMPONENT
+
+
+def widens(current: str, wanted: CutScope) -> bool:
+    """Tell whether a cut in ``wanted`` takes out more than one in ``current`` did."""
+    return _SCOPE_ORDER.index(wanted) > _SCOPE_ORDER.index(CutScope(current))
+
+
+@dataclass(frozen=True, slots=True)
+class RegionDecision:
+    """A split horizon (CUT), its end (RESTORE) or a held split (HOLD) for one region."""
+
+    kind: Kind
+    region: str
+    reason: str
+
+
+def decide_splits(
+    assessment: Assessment,
+    split: Mapping[str, bool],
+    memory: Memory,
+    now: float,
+    policy: Policy,
+) -> list[RegionDecision]:
+    """Return the split-horizon changes for this pass.
+
+    ``split`` maps every region whose cloud-side routes are on their fallback to whether a
+    person split it. A region is split once it has stayed partitioned for the correlation
+    window, and put back once it has stayed reachable (any verdict but partitioned) for the
+    restore hold. In the global fail-safe nothing changes automatically. A manual split ends
+    only by a person or its TTL.
+    """
+    if assessment.verdict is GlobalVerdict.FAIL_SAFE:
+        return [
+            RegionDecision(Kind.HOLD, name, f"global fail-safe: {assessment.reason}")
+            for name, region in assessment.regions.items()
+            if region.verdict is RegionVerdict.PARTITIONED and name not in split
+        ]
+    decisions = []
+    for name in sorted(assessment.regions):
+        decision = _split_change(name, split, memory, now, policy)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def _split_change(
+    region: str, split: Mapping[str, bool], memory: Memory, now: float, policy: Policy
+) -> RegionDecision | None:
+    if region not in split:
+        since = memory.partitioned_since.get(region)
+        if since is None or now - since < policy.correlation_window_s:
+            return None
+        return RegionDecision(Kind.CUT, region, f"partitioned for {now - since:.1f} s")
+    if split[region]:
+        return None  # A person split it.
+    since = memory.reachable_since.get(region)
+    if since is None or now - since < policy.restore_hold_s:
+        return None
+    return RegionDecision(Kind.RESTORE, region, f"reachable for {now - since:.1f} s")

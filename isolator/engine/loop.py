@@ -1,7 +1,8 @@
 """The control loop: gather evidence, classify, decide and act, one pass per loop interval.
 
-Work is keyed by node: at most one action per node is in flight, and every pass re-reads the
-current evidence instead of trusting what an earlier pass concluded.
+Work is keyed by target (a node, a Pod or a region): at most one action per target is in
+flight, and every pass re-reads the current evidence instead of trusting what an earlier pass
+concluded. Cuts that reading back did not confirm are attempted again a bounded number of times.
 """
 
 from __future__ import annotations
@@ -10,19 +11,38 @@ import asyncio
 import logging
 import uuid
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from isolator.clock import Clock
 from isolator.engine.alerts import AlertLedger, IncomingAlert
 from isolator.engine.classify import Thresholds, classify, classify_node
-from isolator.engine.decide import Decision, Kind, Memory, Policy, decide
+from isolator.engine.decide import (
+    Decision,
+    Kind,
+    Memory,
+    Policy,
+    cut_scope,
+    decide,
+    decide_splits,
+    widens,
+)
 from isolator.engine.evidence import EvidenceStore
 from isolator.engine.grey import GreyScorer, apply_grey_scores
-from isolator.engine.ports import ActionOutcome, AlertReader, Cluster, Prober, SiteViewReader
+from isolator.engine.ports import (
+    AlertReader,
+    Cluster,
+    CutScope,
+    Prober,
+    RecordedIsolation,
+    SiteViewReader,
+    TargetKind,
+)
 from isolator.learning import GreyScore
 from isolator.metrics import Metrics
-from isolator.model import Assessment, GlobalVerdict, NodeVerdict
+from isolator.model import Assessment, GlobalVerdict, NodeAssessment, NodeVerdict
 from isolator.settings import Settings
 from isolator.sources.errors import SourceError
 
@@ -31,21 +51,71 @@ audit_logger = logging.getLogger("isolator.audit")
 
 AUDIT_RECORDS_KEPT = 1000
 PROBE_CONCURRENCY = 64
+# Who the audit names for the control loop's own actions, TTL expiries included.
+CONTROLLER = "isolator"
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class Isolation:
-    """A node whose Pods the isolator has cut, with the details of that cut."""
+    """A node, Pod or region that the isolator has cut, with the details of that cut."""
 
-    node: str
+    node: str  # the node of a node or Pod isolation; "" for a region
     region: str
     incident: str
     reason: str
     started_at: float  # wall-clock seconds, for people
-    pods: tuple[str, ...] = ()
+    pods: tuple[str, ...] = ()  # Pods cut, or for a region the Ingresses moved
     verified: bool = False
     detail: str = ""
     dry_run: bool = False  # decided and reported, nothing written to Kubernetes
+    kind: TargetKind = TargetKind.NODE
+    target: str = ""  # "namespace/name" of a Pod or the region; "" for a node
+    scope: str = CutScope.NODE.value  # a CutScope value for nodes; "split" for regions
+    who: str | None = None  # the person behind a manual isolation; None when automatic
+    expires_at: float | None = None  # wall-clock end of a manual isolation
+    attempts: int = 0  # cuts tried so far
+    retry_at: float = 0.0  # monotonic time before which no further attempt starts
+
+    @property
+    def name(self) -> str:
+        """Return the node, the Pod's "namespace/name" or the region."""
+        return self.target or self.node
+
+    @property
+    def key(self) -> str:
+        """Return the key under which at most one action on this target is in flight."""
+        return self.node if self.kind is TargetKind.NODE else f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one cut or restore of any target changed, and whether reading back confirmed it."""
+
+    verified: bool
+    detail: str
+    objects: tuple[str, ...]  # Pods, or for a region the Ingresses
+
+
+def _recovered(record: RecordedIsolation, wall_s: float) -> Isolation:
+    kind = TargetKind(record.kind)
+    return Isolation(
+        node=record.node,
+        region=record.target if kind is TargetKind.REGION else "",
+        incident=record.incident,
+        reason=record.reason,
+        started_at=record.started_at if record.started_at is not None else wall_s,
+        pods=record.objects,
+        verified=record.complete,
+        detail="recovered from the records in Kubernetes at start-up",
+        kind=kind,
+        target="" if kind is TargetKind.NODE else record.target,
+        scope=record.scope,
+        who=record.who,
+        expires_at=record.expires_at,
+        attempts=1,
+    )
 
 
 @dataclass(slots=True)
@@ -80,7 +150,9 @@ class Controller:
         self._grey_scorer = grey_scorer
         self.grey_scores: dict[str, GreyScore] = {}
         self.state = LoopState()
-        self.isolations: dict[str, Isolation] = {}
+        self.isolations: dict[str, Isolation] = {}  # node -> its cut
+        self.pod_isolations: dict[str, Isolation] = {}  # "namespace/name" -> its isolation
+        self.splits: dict[str, Isolation] = {}  # region -> its split horizon
         self.audit: deque[dict[str, Any]] = deque(maxlen=AUDIT_RECORDS_KEPT)
         self._cluster = cluster
         self._site_reader = site_reader
@@ -88,7 +160,7 @@ class Controller:
         self._metrics = metrics
         self._clock = clock
         self._memory = Memory.empty(started_at=clock.monotonic())
-        self._in_flight: dict[str, asyncio.Task[None]] = {}
+        self._in_flight: dict[str, asyncio.Task[Any]] = {}
         self._site_view_error: str | None = None
         self._published: dict[str, str] = {}  # node -> region with per-node metric series
         self._limits = Thresholds(
@@ -137,16 +209,18 @@ class Controller:
             await self._clock.sleep(period_s - (self._clock.monotonic() - started))
 
     async def _recover_isolations(self) -> None:
-        """Rebuild the isolations from the cut records that Kubernetes holds.
+        """Rebuild the isolations from the records that Kubernetes holds.
 
         Nothing is decided before this succeeds: acting without knowing what is already cut
-        could cut a region twice over its budget or miss a restore.
+        could cut a region twice over its budget or miss a restore. An isolation whose records
+        show a cut or restore that stopped halfway comes back unverified, and the first pass
+        completes its cut.
         """
         attempt = 0
         while True:
             attempt += 1
             try:
-                cut = await self._cluster.cut_nodes()
+                recorded = await self._cluster.recorded_isolations()
                 break
             except SourceError as err:
                 logger.warning(
@@ -154,26 +228,36 @@ class Controller:
                     extra={"attempt": attempt, "error": str(err)},
                 )
                 await self._clock.sleep(self.settings.inventory_refresh_s)
-        for node, pods in cut.items():
-            self.isolations[node] = Isolation(
-                node=node,
-                region="",
-                incident="recovered",
-                reason="cut found in Kubernetes at start-up",
-                started_at=self._clock.wall(),
-                pods=tuple(pods),
-                verified=True,
+        for record in recorded:
+            isolation = _recovered(record, self._clock.wall())
+            self._table(isolation.kind)[isolation.name] = isolation
+            logger.info(
+                "isolation recovered",
+                extra={
+                    "kind": isolation.kind.value,
+                    "target": isolation.name,
+                    "objects": len(isolation.pods),
+                    "complete": isolation.verified,
+                },
             )
-            logger.info("isolation recovered", extra={"node": node, "pods": len(pods)})
+
+    def _table(self, kind: TargetKind) -> dict[str, Isolation]:
+        if kind is TargetKind.NODE:
+            return self.isolations
+        return self.pod_isolations if kind is TargetKind.POD else self.splits
+
+    def all_isolations(self) -> list[Isolation]:
+        """Return every current isolation: nodes, then Pods, then regions."""
+        return [*self.isolations.values(), *self.pod_isolations.values(), *self.splits.values()]
 
     async def refresh(self) -> None:
         """List the edge nodes and set the serving gate on Pods of healthy nodes."""
         nodes = await self._cluster.list_edge_nodes()
         self.store.sync_inventory(nodes)
-        for node in nodes:
-            isolation = self.isolations.get(node.name)
-            if isolation is not None and not isolation.region:
-                isolation.region = node.region
+        regions = {node.name: node.region for node in nodes}
+        for isolation in [*self.isolations.values(), *self.pod_isolations.values()]:
+            if not isolation.region:
+                isolation.region = regions.get(isolation.node, "")
         for name in self._healthy_uncut():
             await self._cluster.ensure_serving(name)
 
@@ -234,7 +318,10 @@ class Controller:
         newly_healthy = self._newly_healthy(assessment)
         self._memory.update(assessment, now)
         isolated = {name: iso.region for name, iso in self.isolations.items()}
-        decisions = decide(assessment, isolated, self._memory, now, self._policy)
+        manual = {name for name, iso in self.isolations.items() if iso.who is not None}
+        decisions = decide(assessment, isolated, self._memory, now, self._policy, manual)
+        split = {region: iso.who is not None for region, iso in self.splits.items()}
+        region_decisions = decide_splits(assessment, split, self._memory, now, self._policy)
 
         self.state.assessment = assessment
         self.state.holds = [d for d in decisions if d.kind is Kind.HOLD]
@@ -243,6 +330,10 @@ class Controller:
         self._publish(assessment)
         for decision in decisions:
             self._start(decision)
+        for region_decision in region_decisions:
+            self._start_split(region_decision.kind, region_decision.region, region_decision.reason)
+        self._start_repairs(assessment, now)
+        self._start_expiries(now)
         for name in newly_healthy:
             if name not in self.isolations and name not in self._in_flight:
                 self._in_flight[name] = asyncio.create_task(self._ensure_serving(name))
@@ -280,12 +371,110 @@ class Controller:
         if decision.kind is Kind.HOLD:
             self._metrics.cuts_held.labels(decision.reason.split(":")[0]).inc()
             return
-        if decision.node in self._in_flight:
-            return
         action = self._cut if decision.kind is Kind.CUT else self._restore
-        task = asyncio.create_task(action(decision))
-        self._in_flight[decision.node] = task
-        task.add_done_callback(lambda _: self._in_flight.pop(decision.node, None))
+        self._launch(decision.node, lambda: action(decision))
+
+    def _launch(self, key: str, action: Callable[[], Awaitable[Any]]) -> None:
+        """Start an action on ``key`` unless one is in flight there."""
+        if key in self._in_flight:
+            return
+
+        async def run() -> None:
+            await action()
+
+        task = asyncio.create_task(run())
+        self._in_flight[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+
+    def _forget(self, key: str, task: asyncio.Task[Any]) -> None:
+        if self._in_flight.get(key) is task:
+            del self._in_flight[key]
+
+    async def run_keyed(self, key: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Run an action on ``key`` once the action in flight there, if any, has finished.
+
+        The control loop starts nothing on ``key`` meanwhile. The action runs to its end even
+        when the caller is cancelled, since a cut must not stop halfway.
+        """
+        while (running := self._in_flight.get(key)) is not None:
+            await asyncio.wait({running})
+        task = asyncio.ensure_future(action())
+        self._in_flight[key] = task
+        task.add_done_callback(lambda done: self._forget(key, done))
+        return await asyncio.shield(task)
+
+    async def settle(self) -> None:
+        """Wait until no action is in flight."""
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight.values()))
+
+    def _start_split(self, kind: Kind, region: str, reason: str) -> None:
+        if kind is Kind.HOLD:
+            self._metrics.cuts_held.labels(reason.split(":")[0]).inc()
+            return
+        if kind is Kind.RESTORE:
+            isolation = self.splits[region]
+            self._launch(isolation.key, lambda: self.release(isolation, reason, CONTROLLER))
+            return
+        split = Isolation(
+            node="",
+            region=region,
+            incident=uuid.uuid4().hex[:12],
+            reason=reason,
+            started_at=self._clock.wall(),
+            dry_run=self.settings.dry_run,
+            kind=TargetKind.REGION,
+            target=region,
+            scope="split",
+        )
+        self._launch(split.key, lambda: self.apply(split, new=True))
+
+    def _start_repairs(self, assessment: Assessment, now: float) -> None:
+        """Cut again every isolation that reading back did not confirm, within the retry
+        budget, and widen a node's cut when its failure grew (a failed ingress path first, then
+        the whole node)."""
+        for isolation in self.all_isolations():
+            if isolation.dry_run or isolation.key in self._in_flight:
+                continue
+            node = assessment.nodes.get(isolation.node)
+            if (
+                isolation.kind is TargetKind.NODE
+                and node is not None
+                and self._widen(isolation, node)
+            ):
+                self._launch(isolation.key, partial(self.apply, isolation))
+                continue
+            if isolation.verified or now < isolation.retry_at:
+                continue
+            if isolation.attempts > self.settings.action_retry_limit:
+                continue
+            self._launch(isolation.key, partial(self.apply, isolation))
+
+    def _widen(self, isolation: Isolation, node: NodeAssessment) -> bool:
+        """Widen the isolation's scope when the node's failure now asks for more; True if so."""
+        if node.verdict is not NodeVerdict.FAILED:
+            return False
+        wanted = cut_scope(node.component, self.settings.ingress_components)
+        if not widens(isolation.scope, wanted):
+            return False
+        logger.info(
+            "cut widened",
+            extra={"node": isolation.node, "from": isolation.scope, "to": wanted.value},
+        )
+        isolation.scope = wanted.value
+        isolation.attempts = 0
+        return True
+
+    def _start_expiries(self, now: float) -> None:
+        """Restore every manual isolation whose TTL has passed, until a restore is verified."""
+        wall = self._clock.wall()
+        for isolation in self.all_isolations():
+            if isolation.expires_at is None or wall < isolation.expires_at:
+                continue
+            if isolation.key in self._in_flight or now < isolation.retry_at:
+                continue
+            reason = f"TTL of the isolation by {isolation.who} expired"
+            self._launch(isolation.key, partial(self.release, isolation, reason, CONTROLLER))
 
     async def _ensure_serving(self, node: str) -> None:
         try:
@@ -296,28 +485,50 @@ class Controller:
             self._in_flight.pop(node, None)
 
     async def _cut(self, decision: Decision) -> None:
-        if not self._still_failed(decision.node):
+        fresh = self._still_failed(decision.node)
+        if fresh is None:
             logger.info("cut dropped: evidence changed", extra={"node": decision.node})
             return
-        incident = uuid.uuid4().hex[:12]
         isolation = Isolation(
             node=decision.node,
             region=decision.region,
-            incident=incident,
+            incident=uuid.uuid4().hex[:12],
             reason=decision.reason,
             started_at=self._clock.wall(),
             dry_run=self.settings.dry_run,
+            scope=cut_scope(fresh.component, self.settings.ingress_components).value,
         )
-        self.isolations[decision.node] = isolation
-        outcome = await self._act("cut", decision, incident)
+        await self.apply(isolation, new=True)
+
+    async def apply(self, isolation: Isolation, *, new: bool = False) -> Outcome | None:
+        """Cut what the isolation describes, record the outcome on it and in the audit.
+
+        The isolation is listed while the cut runs. A ``new`` isolation whose cut raised is
+        dropped again, since nothing may have been written. An unconfirmed cut is attempted
+        again after the retry interval.
+        """
+        table = self._table(isolation.kind)
+        table[isolation.name] = isolation
+        isolation.attempts += 1
+        outcome = await self._act("cut", isolation, isolation.reason, isolation.who or CONTROLLER)
         if outcome is None:
-            self.isolations.pop(decision.node, None)
-            return
+            if new and table.get(isolation.name) is isolation:
+                del table[isolation.name]
+            isolation.retry_at = self._clock.monotonic() + self.settings.action_retry_interval_s
+            return None
         isolation.pods, isolation.verified, isolation.detail = (
-            outcome.pods,
+            outcome.objects,
             outcome.verified,
             outcome.detail,
         )
+        if not outcome.verified:
+            isolation.retry_at = self._clock.monotonic() + self.settings.action_retry_interval_s
+            if isolation.attempts > self.settings.action_retry_limit and not isolation.dry_run:
+                logger.warning(
+                    "cut still unverified, giving up",
+                    extra={"target": isolation.name, "attempts": isolation.attempts},
+                )
+        return outcome
 
     def request_alert_reread(self) -> bool:
         """Start reading the full alert set unless a read is running; False without a reader."""
@@ -347,70 +558,147 @@ class Controller:
         counts = self.alerts.replace_active(alerts)
         logger.info("alerts re-read", extra=counts)
 
-    def _still_failed(self, node: str) -> bool:
-        """Classify the node again on the evidence as it is now, right before cutting it."""
+    def _still_failed(self, node: str) -> NodeAssessment | None:
+        """Classify the node again on the evidence as it is now, right before cutting it;
+        return the fresh verdict while the node is failed, else None."""
         evidence = self.store.nodes.get(node)
         if evidence is None:
-            return False
+            return None
         fresh = classify_node(evidence, self._clock.monotonic(), self._limits)
-        return fresh.verdict is NodeVerdict.FAILED
+        return fresh if fresh.verdict is NodeVerdict.FAILED else None
 
     async def _restore(self, decision: Decision) -> None:
         isolation = self.isolations.get(decision.node)
-        incident = isolation.incident if isolation else uuid.uuid4().hex[:12]
-        outcome = await self._act("restore", decision, incident)
-        if outcome is not None and (outcome.verified or self.settings.dry_run):
-            self.isolations.pop(decision.node, None)
-            self._memory.healthy_since.pop(decision.node, None)
+        if isolation is not None:
+            await self.release(isolation, decision.reason, CONTROLLER)
 
-    async def _act(self, kind: str, decision: Decision, incident: str) -> ActionOutcome | None:
-        """Run one cut or restore and write its audit record; None when it raised."""
-        context = {"node": decision.node, "region": decision.region, "incident": incident}
-        logger.info("action started", extra={**context, "action": kind, "reason": decision.reason})
-        try:
-            if kind == "cut":
-                outcome = await self._cluster.cut_node(decision.node, decision.reason, incident)
+    async def release(self, isolation: Isolation, reason: str, who: str) -> Outcome | None:
+        """Restore what the isolation cut; it ends once reading back confirms the restore.
+
+        An unconfirmed restore leaves the isolation listed, and a TTL expiry tries again after
+        the retry interval.
+        """
+        outcome = await self._act("restore", isolation, reason, who)
+        if outcome is not None and (outcome.verified or isolation.dry_run):
+            table = self._table(isolation.kind)
+            if table.get(isolation.name) is isolation:
+                del table[isolation.name]
+            if isolation.kind is TargetKind.NODE:
+                self._memory.healthy_since.pop(isolation.node, None)
+        else:
+            isolation.retry_at = self._clock.monotonic() + self.settings.action_retry_interval_s
+        return outcome
+
+    def hold_cuts(self, node: str) -> None:
+        """Hold automatic cuts of a node that a person restored, for the manual restore hold."""
+        until = self._clock.monotonic() + self.settings.manual_restore_hold_s
+        self._memory.cut_held_until[node] = until
+
+    async def _call(self, action: str, isolation: Isolation) -> Outcome:
+        """Send one cut or restore of the isolation's target to Kubernetes.
+
+        Options at their defaults are left out, so the adapter's defaults apply.
+        """
+        options: dict[str, Any] = {"dry_run": True} if isolation.dry_run else {}
+        restoring = action != "cut"
+        if not restoring and isolation.who is not None:
+            options.update(who=isolation.who, expires_at=isolation.expires_at)
+        if isolation.kind is TargetKind.REGION:
+            if restoring:
+                split = await self._cluster.restore_region(
+                    isolation.region, isolation.incident, **options
+                )
             else:
-                outcome = await self._cluster.restore_node(decision.node, incident)
-        except SourceError as err:
-            logger.error("action failed", extra={**context, "action": kind, "error": str(err)})
-            self._metrics.actions.labels(kind, "error").inc()
-            self._record_audit(kind, decision, incident, "error", str(err), ())
-            return None
-        result = (
-            "dry_run"
-            if self.settings.dry_run
-            else ("verified" if outcome.verified else "unverified")
+                split = await self._cluster.split_region(
+                    isolation.region,
+                    isolation.reason,
+                    isolation.incident,
+                    region_label=self.settings.ingress_region_label,
+                    fallbacks=self.settings.region_fallback_services,
+                    **options,
+                )
+            return Outcome(split.verified, split.detail, split.ingresses)
+        if isolation.kind is TargetKind.POD:
+            if restoring:
+                result = await self._cluster.restore_pod(
+                    isolation.target, isolation.incident, **options
+                )
+            else:
+                result = await self._cluster.cut_pod(
+                    isolation.target, isolation.reason, isolation.incident, **options
+                )
+            isolation.node = result.node or isolation.node
+            return Outcome(result.verified, result.detail, result.pods)
+        if restoring:
+            result = await self._cluster.restore_node(isolation.node, isolation.incident, **options)
+            return Outcome(result.verified, result.detail, result.pods)
+        scope = CutScope(isolation.scope)
+        if scope is not CutScope.NODE:
+            options["scope"] = scope.value
+        if scope is CutScope.INGRESS:
+            options["pod_selector"] = self.settings.ingress_controller_selector
+        result = await self._cluster.cut_node(
+            isolation.node, isolation.reason, isolation.incident, **options
         )
-        self._metrics.actions.labels(kind, result).inc()
-        self._record_audit(kind, decision, incident, result, outcome.detail, outcome.pods)
-        log = logger.info if outcome.verified or self.settings.dry_run else logger.warning
+        return Outcome(result.verified, result.detail, result.pods)
+
+    async def _act(
+        self, action: str, isolation: Isolation, reason: str, who: str
+    ) -> Outcome | None:
+        """Run one cut or restore and write its audit record; None when it raised."""
+        context = {
+            "kind": isolation.kind.value,
+            "target": isolation.name,
+            "region": isolation.region,
+            "incident": isolation.incident,
+            "who": who,
+        }
+        logger.info("action started", extra={**context, "action": action, "reason": reason})
+        try:
+            outcome = await self._call(action, isolation)
+        except SourceError as err:
+            logger.error("action failed", extra={**context, "action": action, "error": str(err)})
+            self._metrics.actions.labels(action, "error").inc()
+            self._record_audit(action, isolation, reason, who, "error", str(err), ())
+            return None
+        if isolation.dry_run:
+            result = "dry_run"
+        else:
+            result = "verified" if outcome.verified else "unverified"
+        self._metrics.actions.labels(action, result).inc()
+        self._record_audit(action, isolation, reason, who, result, outcome.detail, outcome.objects)
+        log = logger.info if outcome.verified or isolation.dry_run else logger.warning
         log(
             "action finished",
-            extra={**context, "action": kind, "result": result, "pods": len(outcome.pods)},
+            extra={**context, "action": action, "result": result, "objects": len(outcome.objects)},
         )
         return outcome
 
     def _record_audit(
         self,
-        kind: str,
-        decision: Decision,
-        incident: str,
+        action: str,
+        isolation: Isolation,
+        reason: str,
+        who: str,
         result: str,
         detail: str,
-        pods: tuple[str, ...],
+        objects: tuple[str, ...],
     ) -> None:
         record = {
             "at": self._clock.wall(),
-            "action": kind,
-            "node": decision.node,
-            "region": decision.region,
-            "incident": incident,
-            "reason": decision.reason,
+            "action": action,
+            "kind": isolation.kind.value,
+            "target": isolation.name,
+            "node": isolation.node,
+            "region": isolation.region,
+            "incident": isolation.incident,
+            "scope": isolation.scope,
+            "reason": reason,
+            "who": who,
             "result": result,
             "detail": detail,
-            "pods": list(pods),
-            "dry_run": self.settings.dry_run,
+            "pods": list(objects),
+            "dry_run": isolation.dry_run,
         }
         self.audit.append(record)
         audit_logger.info("action recorded", extra=record)

@@ -6,10 +6,28 @@ real adapters in the service.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
 from isolator.model import EdgeNode, SiteView
+
+
+class CutScope(enum.StrEnum):
+    """How much of a node a cut takes out; the Kubernetes adapter defines the same values."""
+
+    NODE = "node"  # the kubelet is dead: Ready and the serving gate False on every Pod
+    COMPONENT = "component"  # a component of a live node failed: the serving gate False
+    INGRESS = "ingress"  # the node's ingress path failed: its ingress-controller Pods only
+
+
+class TargetKind(enum.StrEnum):
+    """The kind of target an isolation takes out of service; the adapter has the same values."""
+
+    NODE = "node"
+    POD = "pod"
+    REGION = "region"  # the region's cloud-side Ingress routes (split horizon)
 
 
 class ActionOutcome(Protocol):
@@ -28,6 +46,59 @@ class ActionOutcome(Protocol):
     def detail(self) -> str: ...
 
 
+class SplitOutcome(Protocol):
+    """Result of a split horizon or its restore, and whether reading back confirmed it."""
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def ingresses(self) -> tuple[str, ...]: ...
+
+    @property
+    def verified(self) -> bool: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+class RecordedIsolation(Protocol):
+    """One isolation as the records in Kubernetes describe it, for a restarted isolator."""
+
+    @property
+    def kind(self) -> str: ...  # a TargetKind value
+
+    @property
+    def target(self) -> str: ...  # node name, "namespace/name" of a Pod, or region
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def incident(self) -> str: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def who(self) -> str | None: ...
+
+    @property
+    def started_at(self) -> float | None: ...
+
+    @property
+    def expires_at(self) -> float | None: ...
+
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def objects(self) -> tuple[str, ...]: ...
+
+    @property
+    def complete(self) -> bool: ...
+
+
 class SiteViewReader(Protocol):
     """Reads the in-site view through the central Prometheus."""
 
@@ -35,17 +106,66 @@ class SiteViewReader(Protocol):
 
 
 class Cluster(Protocol):
-    """The Kubernetes operations the control loop performs."""
+    """The Kubernetes operations the control loop and the manual API perform.
+
+    ``who`` names the person behind a manual isolation (None when automatic), ``expires_at``
+    is its end in wall-clock seconds, and ``dry_run`` requests a plan without writes.
+    """
 
     async def list_edge_nodes(self) -> list[EdgeNode]: ...
 
-    async def cut_node(self, node: str, reason: str, incident: str) -> ActionOutcome: ...
+    async def cut_node(
+        self,
+        node: str,
+        reason: str,
+        incident: str,
+        *,
+        scope: str = ...,
+        pod_selector: str | None = ...,
+        who: str | None = ...,
+        expires_at: float | None = ...,
+        dry_run: bool = ...,
+    ) -> ActionOutcome: ...
 
-    async def restore_node(self, node: str, incident: str) -> ActionOutcome: ...
+    async def restore_node(
+        self, node: str, incident: str, *, dry_run: bool = ...
+    ) -> ActionOutcome: ...
+
+    async def cut_pod(
+        self,
+        pod: str,
+        reason: str,
+        incident: str,
+        *,
+        who: str | None = ...,
+        expires_at: float | None = ...,
+        dry_run: bool = ...,
+    ) -> ActionOutcome: ...
+
+    async def restore_pod(
+        self, pod: str, incident: str, *, dry_run: bool = ...
+    ) -> ActionOutcome: ...
+
+    async def split_region(
+        self,
+        region: str,
+        reason: str,
+        incident: str,
+        *,
+        region_label: str,
+        fallbacks: Mapping[str, str],
+        who: str | None = ...,
+        expires_at: float | None = ...,
+        dry_run: bool = ...,
+    ) -> SplitOutcome: ...
+
+    async def restore_region(
+        self, region: str, incident: str, *, dry_run: bool = ...
+    ) -> SplitOutcome: ...
 
     async def ensure_serving(self, node: str) -> int: ...
 
-    async def cut_nodes(self) -> dict[str, list[str]]: ...
+    async def recorded_isolations(self) -> Sequence[RecordedIsolation]: ...
 
 
 class Prober(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from isolator.model import EdgeNode, SiteSample, SiteView
 from isolator.sources.errors import SourceUnavailableError
@@ -16,15 +17,47 @@ class Outcome:
     detail: str
 
 
+@dataclass(frozen=True)
+class SplitOutcome:
+    region: str
+    ingresses: tuple[str, ...]
+    verified: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A recorded isolation as the Kubernetes adapter rebuilds it."""
+
+    kind: str
+    target: str
+    node: str
+    incident: str = "inc-recorded"
+    reason: str = "recorded"
+    who: str | None = None
+    started_at: float | None = None
+    expires_at: float | None = None
+    scope: str = "node"
+    objects: tuple[str, ...] = ()
+    complete: bool = True
+
+
 @dataclass
 class FakeCluster:
-    """Records every call; Pods are named after their node."""
+    """Records every call; Pods are named after their node.
+
+    ``unverified`` holds targets (node, "namespace/name" or region) whose cuts and restores
+    read back unconfirmed; ``calls`` lists (method, target, keyword arguments).
+    """
 
     nodes: list[EdgeNode]
     cuts: list[str] = field(default_factory=list)
     restores: list[str] = field(default_factory=list)
     serving: list[str] = field(default_factory=list)
     existing_cuts: dict[str, list[str]] = field(default_factory=dict)
+    recorded: list[Recorded] = field(default_factory=list)
+    unverified: set[str] = field(default_factory=set)
+    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     unavailable: bool = False
 
     async def list_edge_nodes(self) -> list[EdgeNode]:
@@ -32,22 +65,52 @@ class FakeCluster:
             raise SourceUnavailableError("kube-apiserver refused the connection")
         return list(self.nodes)
 
-    async def cut_node(self, node: str, reason: str, incident: str) -> Outcome:
+    async def cut_node(self, node: str, reason: str, incident: str, **options: Any) -> Outcome:
         self.cuts.append(node)
-        return Outcome(node, (f"default/{node}-pod",), True, "cut")
+        self.calls.append(("cut_node", node, options))
+        return Outcome(node, (f"default/{node}-pod",), node not in self.unverified, "cut")
 
-    async def restore_node(self, node: str, incident: str) -> Outcome:
+    async def restore_node(self, node: str, incident: str, **options: Any) -> Outcome:
         self.restores.append(node)
-        return Outcome(node, (f"default/{node}-pod",), True, "restored")
+        self.calls.append(("restore_node", node, options))
+        return Outcome(node, (f"default/{node}-pod",), node not in self.unverified, "restored")
+
+    async def cut_pod(self, pod: str, reason: str, incident: str, **options: Any) -> Outcome:
+        self.calls.append(("cut_pod", pod, options))
+        return Outcome("r1-n01", (pod,), pod not in self.unverified, "cut")
+
+    async def restore_pod(self, pod: str, incident: str, **options: Any) -> Outcome:
+        self.calls.append(("restore_pod", pod, options))
+        return Outcome("r1-n01", (pod,), pod not in self.unverified, "restored")
+
+    async def split_region(
+        self, region: str, reason: str, incident: str, **options: Any
+    ) -> SplitOutcome:
+        self.calls.append(("split_region", region, options))
+        verified = region not in self.unverified
+        return SplitOutcome(region, (f"cloud/{region}-web",), verified, "split")
+
+    async def restore_region(self, region: str, incident: str, **options: Any) -> SplitOutcome:
+        self.calls.append(("restore_region", region, options))
+        verified = region not in self.unverified
+        return SplitOutcome(region, (f"cloud/{region}-web",), verified, "rejoined")
 
     async def ensure_serving(self, node: str) -> int:
         self.serving.append(node)
         return 0
 
-    async def cut_nodes(self) -> dict[str, list[str]]:
+    async def recorded_isolations(self) -> list[Recorded]:
         if self.unavailable:
             raise SourceUnavailableError("kube-apiserver refused the connection")
-        return dict(self.existing_cuts)
+        from_cuts = [
+            Recorded("node", node, node, objects=tuple(pods))
+            for node, pods in self.existing_cuts.items()
+        ]
+        return [*from_cuts, *self.recorded]
+
+    def called(self, method: str) -> list[str]:
+        """Return the targets of every call of ``method``, in order."""
+        return [target for name, target, _ in self.calls if name == method]
 
 
 @dataclass

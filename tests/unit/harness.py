@@ -24,6 +24,7 @@ FAST: dict[str, Any] = {
     "site_max_age_s": 5.0,
     "startup_grace_s": 0.0,
     "region_cooldown_s": 30.0,
+    "auth_disabled": True,
 }
 
 
