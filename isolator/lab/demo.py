@@ -1,8 +1,9 @@
-"""``isolator demo``: the main job on real components, told as a timeline and a JSON report.
+"""``isolator demo``: scenarios on real components, told as a timeline and a JSON report.
 
-Three regions of four nodes each, a Service with Pods on every node. The demo crashes one node,
-partitions one region, then recovers both, and checks what the isolator did to the Service's
-ready endpoints at every step.
+The main set runs in three regions of four nodes each, with a Service with Pods on every node:
+it crashes one node, partitions one region, then recovers both, and checks what the isolator
+did to the Service's ready endpoints at every step. The set "all" runs the scenario matrix of
+isolator.lab.scenarios in one lab of the same size.
 """
 
 from __future__ import annotations
@@ -12,93 +13,20 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import asdict
 from pathlib import Path
 
 from isolator.lab.environment import Lab, LabSpec
+from isolator.lab.scenarios import ALL, run_all, scenario_spec
+from isolator.lab.scenarios.common import (
+    EndpointWatch,
+    ScenarioReport,
+    Timeline,
+    iso_time,
+    wait_for,
+)
 
 logger = logging.getLogger(__name__)
-
-POLL_S = 0.1
-
-
-def _iso(wall: float | None) -> str | None:
-    if wall is None:
-        return None
-    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
-
-
-@dataclass
-class ScenarioReport:
-    """One scenario's outcome, in the shape of the JSON report."""
-
-    scenario: str
-    expected: str
-    verdict: str = "unknown"
-    fault_at: str | None = None
-    cut_at: str | None = None
-    cut_latency_s: float | None = None
-    pods_cut: list[str] = field(default_factory=list)
-    wrong_cuts: int = 0
-    wrong_cut_pods: list[str] = field(default_factory=list)
-    restored: bool = False
-    passed: bool = False
-
-
-class EndpointWatch:
-    """Polls the Service's ready endpoints and remembers when each Pod left and came back."""
-
-    def __init__(self, lab: Lab) -> None:
-        self._lab = lab
-        self.left_at: dict[str, float] = {}  # Pod -> wall time it last left the ready set
-        self.ready: set[str] = set(lab.pods)
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> EndpointWatch:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            ready = await self._lab.ready_pods()
-            now = time.time()
-            for pod in self.ready - ready:
-                self.left_at[pod] = now
-            for pod in ready - self.ready:
-                self.left_at.pop(pod, None)
-            self.ready = ready
-            await asyncio.sleep(POLL_S)
-
-    def cut_since(self, since: float) -> dict[str, float]:
-        """Return the Pods that left the ready endpoints at or after ``since``."""
-        return {pod: at for pod, at in self.left_at.items() if at >= since}
-
-
-class Timeline:
-    """Prints what happens, with the seconds since the demo started."""
-
-    def __init__(self) -> None:
-        self._start = time.monotonic()
-
-    def say(self, text: str) -> None:
-        print(f"[{time.monotonic() - self._start:7.1f} s] {text}", flush=True)
-
-
-async def _wait_for(condition: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        if await condition():
-            return True
-        await asyncio.sleep(POLL_S)
-    return False
 
 
 async def node_crash(lab: Lab, watch: EndpointWatch, say: Timeline, node: str) -> ScenarioReport:
@@ -106,18 +34,18 @@ async def node_crash(lab: Lab, watch: EndpointWatch, say: Timeline, node: str) -
     expected_pods = {pod for pod, on in lab.pods.items() if on == node}
     report = ScenarioReport("node-crash", f"node {node} failed; its {len(expected_pods)} Pods cut")
     fault = time.time()
-    report.fault_at = _iso(fault)
+    report.fault_at = iso_time(fault)
     await lab.crash_node(node)
     say.say(f"{node}: agent killed and Node marked down")
 
-    await _wait_for(lambda: _all_cut(watch, expected_pods, fault), timeout_s=20.0)
+    await wait_for(lambda: _all_cut(watch, expected_pods, fault), timeout_s=20.0)
     cut = watch.cut_since(fault)
     report.pods_cut = sorted(cut)
     report.wrong_cut_pods = sorted(set(cut) - expected_pods)
     report.wrong_cuts = len(report.wrong_cut_pods)
     if expected_pods <= cut.keys():
         cut_at = max(cut[pod] for pod in expected_pods)
-        report.cut_at = _iso(cut_at)
+        report.cut_at = iso_time(cut_at)
         report.cut_latency_s = round(cut_at - fault, 2)
         say.say(f"{node}: its Pods left the ready endpoints after {report.cut_latency_s} s")
     else:
@@ -139,7 +67,7 @@ async def region_partition(
         "region-partition", f"region {region} partitioned; no Pod cut for {hold_s:g} s"
     )
     fault = time.time()
-    report.fault_at = _iso(fault)
+    report.fault_at = iso_time(fault)
     lab.partition(region)
     say.say(f"{region}: link to the cloud taken down")
 
@@ -165,12 +93,12 @@ async def recovery(
 ) -> ScenarioReport:
     """Bring the crashed node and the partitioned region back; expect every Pod to serve."""
     report = ScenarioReport("recovery", f"{node} and region {region} back; every Pod serving")
-    report.fault_at = _iso(time.time())
+    report.fault_at = iso_time(time.time())
     await lab.recover_node(node)
     lab.heal(region)
     say.say(f"{node}: agent restarted and Node marked up; {region}: link back up")
 
-    report.restored = await _wait_for(lambda: _all_ready(watch, set(lab.pods)), timeout_s=60.0)
+    report.restored = await wait_for(lambda: _all_ready(watch, set(lab.pods)), timeout_s=60.0)
     missing = sorted(set(lab.pods) - watch.ready)
     say.say("every Pod is a ready endpoint again" if report.restored else f"not ready: {missing}")
     verdicts = await lab.node_verdicts()
@@ -197,13 +125,9 @@ def _judge(reports: list[ScenarioReport]) -> None:
     back.passed = back.restored and back.wrong_cuts == 0
 
 
-async def run_demo(report: Path, scenarios: str = "main") -> int:
-    """Run the demo and write the report; returns 0 when every scenario passed."""
-    if scenarios != "main":
-        print(f"unknown scenario set {scenarios!r}; available: main")
-        return 2
+async def run_main(say: Timeline) -> list[ScenarioReport]:
+    """Run the main job: one node crash, one region partition, then recovery of both."""
     hold_s = float(os.environ.get("DEMO_PARTITION_HOLD_S", "60"))
-    say = Timeline()
     say.say("starting the lab: control plane, 3 regions x 4 nodes, monitoring, isolator")
     async with Lab(LabSpec()) as lab:
         say.say(f"lab ready: {len(lab.nodes)} nodes healthy, {len(lab.pods)} Pods serving")
@@ -214,9 +138,35 @@ async def run_demo(report: Path, scenarios: str = "main") -> int:
                 await recovery(lab, watch, say, "r1-n02", "r3"),
             ]
     _judge(reports)
+    return reports
+
+
+async def run_matrix(say: Timeline, only: list[str] | None) -> list[ScenarioReport]:
+    """Run the scenario matrix (every scenario, or the named ones) in one lab."""
+    spec = scenario_spec()
+    shape = f"{len(spec.regions)} regions x {spec.nodes_per_region} nodes"
+    say.say(f"starting the lab: control plane, {shape}, monitoring, isolator")
+    async with Lab(spec) as lab:
+        say.say(f"lab ready: {len(lab.nodes)} nodes healthy, {len(lab.pods)} Pods serving")
+        return await run_all(lab, say, only)
+
+
+async def run_demo(report: Path, scenarios: str = "main") -> int:
+    """Run a scenario set and write the report; returns 0 when every scenario passed.
+
+    ``scenarios`` is "main", "all", or a comma-separated list of scenario names from "all".
+    """
+    names = [n for n, _ in ALL]
+    only = None if scenarios in ("main", "all") else scenarios.split(",")
+    if only is not None and not set(only) <= set(names):
+        print(f"unknown scenario set {scenarios!r}; available: main, all, or some of {names}")
+        return 2
+    say = Timeline()
+    started = time.monotonic()
+    reports = await (run_main(say) if scenarios == "main" else run_matrix(say, only))
     text = json.dumps([asdict(r) for r in reports], indent=2, ensure_ascii=False) + "\n"
     await asyncio.to_thread(report.write_text, text)
     for item in reports:
         say.say(f"{item.scenario}: {'PASS' if item.passed else 'FAIL'} ({item.expected})")
-    say.say(f"report written to {report}")
+    say.say(f"report written to {report}; {time.monotonic() - started:.0f} s in all")
     return 0 if all(r.passed for r in reports) else 1

@@ -1,0 +1,89 @@
+"""Steps that many scenarios share: wait for a cut, assert that nothing was cut, recover."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from kubernetes_asyncio import client as k8s
+
+from isolator.lab.cluster import SERVICE_NAME_LABEL
+from isolator.lab.scenarios.common import Context, ScenarioReport, iso_time, pods_on, wait_for
+
+# Controller-managed EndpointSlices are rebuilt from Pod state within seconds, so a cut that
+# only edited a slice would be undone well within this window.
+ENDPOINT_REBUILD_WINDOW_S = 10.0
+ENDPOINT_CONTROLLER = "kube-controller-manager"
+
+
+def start(report: ScenarioReport) -> float:
+    """Stamp the fault time on the report and return it as wall-clock seconds."""
+    fault = time.time()
+    report.fault_at = iso_time(fault)
+    return fault
+
+
+async def expect_cut(ctx: Context, report: ScenarioReport, nodes: set[str], fault: float) -> bool:
+    """Wait for exactly the Pods of ``nodes`` to leave the ready endpoints; record the cut."""
+    expected = pods_on(ctx.lab, nodes)
+
+    async def all_cut() -> bool:
+        return expected <= ctx.watch.cut_since(fault).keys()
+
+    await wait_for(all_cut, ctx.timings.cut_deadline_s)
+    cut = ctx.watch.cut_since(fault)
+    report.pods_cut = sorted(cut)
+    report.wrong_cut_pods = sorted(set(cut) - expected)
+    report.wrong_cuts = len(report.wrong_cut_pods)
+    done = expected <= cut.keys()
+    if done:
+        cut_at = max(cut[pod] for pod in expected)
+        report.cut_at = iso_time(cut_at)
+        report.cut_latency_s = round(cut_at - fault, 2)
+        ctx.say(f"{', '.join(sorted(nodes))}: Pods cut after {report.cut_latency_s} s")
+    else:
+        ctx.say(f"{', '.join(sorted(nodes))}: Pods still serving {ctx.timings.cut_deadline_s} s on")
+    report.check("cut within deadline", done)
+    report.check("nothing else cut", report.wrong_cuts == 0)
+    return done
+
+
+async def expect_no_cut(
+    ctx: Context, report: ScenarioReport, fault: float, audit_before: int
+) -> None:
+    """Record every Pod cut since ``fault`` as wrong, and every audit record as a write."""
+    cut = ctx.watch.cut_since(fault)
+    report.pods_cut = sorted(cut)
+    report.wrong_cut_pods = sorted(cut)
+    report.wrong_cuts = len(cut)
+    actions = await ctx.actions_since(audit_before)
+    report.observed["actions"] = dict(actions)
+    if actions:
+        report.observed["audit"] = await ctx.audit_since(audit_before)
+    report.check("no Pod cut", not cut)
+    report.check("no Kubernetes write", not actions)
+
+
+async def expect_restored(ctx: Context, report: ScenarioReport) -> None:
+    report.restored = await ctx.wait_restored()
+    ctx.say("every node healthy and every Pod serving" if report.restored else "not restored")
+    report.check("restored", report.restored)
+
+
+async def endpoint_slice_managers(ctx: Context) -> set[str]:
+    """Return the field managers of every EndpointSlice of the lab's Service."""
+    slices = await k8s.DiscoveryV1Api(ctx.lab.api).list_namespaced_endpoint_slice(
+        ctx.lab.spec.namespace, label_selector=f"{SERVICE_NAME_LABEL}={ctx.lab.spec.service}"
+    )
+    managers: set[str] = set()
+    for item in slices.items:
+        for entry in item.metadata.managed_fields or []:
+            managers.add(str(entry.manager))
+    return managers
+
+
+async def alert_states(ctx: Context, alertname: str, **labels: str) -> set[str]:
+    """Return the states (pending, firing) of an alert on the central Prometheus."""
+    matchers = [f'alertname="{alertname}"', *(f'{k}="{v}"' for k, v in labels.items())]
+    series: list[dict[str, Any]] = await ctx.query_central(f"ALERTS{{{', '.join(matchers)}}}")
+    return {str(item["metric"].get("alertstate")) for item in series}
