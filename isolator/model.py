@@ -94,6 +94,7 @@ class NodeEvidence:
     probe_failures: int = 0
     site_up: SiteSample | None = None  # the edge Prometheus's `up` for this node's agent
     site_kubelet_up: SiteSample | None = None  # the edge Prometheus's `up` for its kubelet
+    site_kubelet_down_scrapes: int = 0  # consecutive kubelet scrapes that found it down
     firing_alerts: set[str] = field(default_factory=set)
     # Consecutive heartbeats that reported each component (or the ingress path) failing.
     component_failures: dict[str, int] = field(default_factory=dict)

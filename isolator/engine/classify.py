@@ -66,6 +66,12 @@ def classify_node(evidence: NodeEvidence, now: float, limits: Thresholds) -> Nod
             for name, count in evidence.component_failures.items()
             if count >= limits.component_failure_count
         )
+        kubelet = _fresh(evidence.site_kubelet_up, limits.site_max_age_s)
+        down_scrapes = evidence.site_kubelet_down_scrapes
+        if kubelet is not None and down_scrapes >= limits.component_failure_count:
+            # A live heartbeat does not veto a dead kubelet seen from inside the site.
+            reason = f"edge Prometheus scraped its kubelet down {down_scrapes} times in a row"
+            return verdict(NodeVerdict.FAILED, reason, component="kubelet")
         if failed:
             # A live heartbeat does not veto a failure the agent itself reports.
             reason = f"{', '.join(failed)} failed {limits.component_failure_count} checks in a row"

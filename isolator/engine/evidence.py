@@ -11,7 +11,14 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from isolator.model import INGRESS_COMPONENT, EdgeNode, NodeEvidence, RegionEvidence, SiteView
+from isolator.model import (
+    INGRESS_COMPONENT,
+    EdgeNode,
+    NodeEvidence,
+    RegionEvidence,
+    SiteSample,
+    SiteView,
+)
 
 _T = TypeVar("_T")
 
@@ -37,7 +44,10 @@ def _push(history: deque[_T], value: _T) -> None:
 class EvidenceStore:
     """Per-node and per-region evidence, updated by the API, the prober and the loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, outage_gap_s: float = float("inf")) -> None:
+        # A heartbeat gap longer than this ends an outage: the recent history restarts, so that
+        # failures from the outage do not read as a grey failure of the recovered node.
+        self._outage_gap_s = outage_gap_s
         self.nodes: dict[str, NodeEvidence] = {}
         self.regions: dict[str, RegionEvidence] = {}
         self.agent_urls: dict[str, str] = {}
@@ -86,7 +96,13 @@ class EvidenceStore:
         if evidence.heartbeat_seq is not None and seq == evidence.heartbeat_seq:
             return HeartbeatOutcome.REPLAYED
         if evidence.last_heartbeat_at is not None:
-            _push(evidence.heartbeat_gaps, now - evidence.last_heartbeat_at)
+            gap = now - evidence.last_heartbeat_at
+            if gap > self._outage_gap_s:
+                evidence.probe_rtts.clear()
+                evidence.heartbeat_gaps.clear()
+                evidence.ingress_results.clear()
+            else:
+                _push(evidence.heartbeat_gaps, gap)
         evidence.last_heartbeat_at = now
         evidence.heartbeat_seq = seq
         evidence.heartbeat_count += 1
@@ -114,7 +130,9 @@ class EvidenceStore:
         """Replace the in-site view; None means the central Prometheus could not be read."""
         for name, evidence in self.nodes.items():
             evidence.site_up = view.agents.get(name) if view else None
-            evidence.site_kubelet_up = view.kubelets.get(name) if view else None
+            kubelet = view.kubelets.get(name) if view else None
+            _count_down_scrapes(evidence, kubelet)
+            evidence.site_kubelet_up = kubelet
         for region, region_evidence in self.regions.items():
             region_evidence.federation_up = view.federation.get(region) if view else None
 
@@ -137,3 +155,17 @@ def _count_failures(failures: dict[str, int], health: Mapping[str, bool]) -> Non
         del failures[name]
     for name, ok in health.items():
         failures[name] = 0 if ok else failures.get(name, 0) + 1
+
+
+def _count_down_scrapes(evidence: NodeEvidence, sample: SiteSample | None) -> None:
+    """Count consecutive kubelet scrapes that found it down.
+
+    A sample no older than the previous reading is a new scrape: the same sample read twice
+    only grows older.
+    """
+    previous = evidence.site_kubelet_up
+    if sample is None:
+        evidence.site_kubelet_down_scrapes = 0
+    elif previous is None or sample.age_s <= previous.age_s:
+        down = sample.value < 1
+        evidence.site_kubelet_down_scrapes = evidence.site_kubelet_down_scrapes + 1 if down else 0

@@ -17,6 +17,9 @@ from isolator.learning import GreyFailureModel, GreyScore, NodeMeasurements
 from isolator.model import Assessment, NodeEvidence, NodeVerdict
 
 MIN_GAPS_FOR_JITTER = 3
+# Probe results a node needs before it is scored: fewer, right after start-up or an outage,
+# say too little to compare it with its peers.
+MIN_PROBES_FOR_SCORE = 10
 
 
 def measure(evidence: NodeEvidence) -> NodeMeasurements:
@@ -45,7 +48,13 @@ class GreyScorer:
 
     async def score(self, nodes: Mapping[str, NodeEvidence]) -> dict[str, GreyScore]:
         """Return each node's score; the model runs in the executor."""
-        rows = [measure(evidence) for evidence in nodes.values()]
+        rows = [
+            measure(evidence)
+            for evidence in nodes.values()
+            if len(evidence.probe_rtts) >= MIN_PROBES_FOR_SCORE
+        ]
+        if not rows:
+            return {}
         loop = asyncio.get_running_loop()
         scores = await loop.run_in_executor(self._executor, self._model.score, rows)
         return {score.node: score for score in scores}

@@ -490,13 +490,6 @@ async def test_half_open_link_never_cut_and_heals_fast() -> None:
 
 # F15c: heartbeats on time while the edge Prometheus scrapes the node's kubelet and
 # application targets down.
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "classify_node judges a node with live heartbeats only by the agent's own component "
-        "checks; the in-site kubelet target is consulted for silent nodes only"
-    ),
-)
 async def test_kubelet_target_down_with_live_heartbeat_cut() -> None:
     harness = await Harness.start()
 
