@@ -53,3 +53,12 @@ format: python
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-report.json
+
+# Measures fault-to-cut latency against upstream Kubernetes, wrong cuts under a weak link,
+# heartbeat ingest and control-loop cost on real components; writes docs/BENCHMARKS.md, its
+# plots in docs/bench/ and bench-report.json (REPORT=path). About 30 minutes as root;
+# BENCH_ARGS=--smoke runs a short check, and `python -m bench --help` lists every flag.
+.PHONY: bench
+bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench --report $(if $(filter command line environment,$(origin REPORT)),$(REPORT),bench-report.json) $(BENCH_ARGS)
