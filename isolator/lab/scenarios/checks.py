@@ -49,24 +49,44 @@ async def expect_cut(ctx: Context, report: ScenarioReport, nodes: set[str], faul
 
 
 async def expect_no_cut(
-    ctx: Context, report: ScenarioReport, fault: float, audit_before: int
+    ctx: Context,
+    report: ScenarioReport,
+    fault: float,
+    audit_before: int,
+    region_actions_allowed: bool = False,
 ) -> None:
-    """Record every Pod cut since ``fault`` as wrong, and every audit record as a write."""
+    """Record every Pod cut since ``fault`` as wrong, and check the audit records since
+    ``audit_before``: no node may be cut or restored. Region-level actions (moving a
+    partitioned region's Ingress routes to its fallback) count only when
+    ``region_actions_allowed`` is false."""
     cut = ctx.watch.cut_since(fault)
     report.pods_cut = sorted(cut)
     report.wrong_cut_pods = sorted(cut)
     report.wrong_cuts = len(cut)
-    actions = await ctx.actions_since(audit_before)
-    report.observed["actions"] = dict(actions)
-    if actions:
-        report.observed["audit"] = await ctx.audit_since(audit_before)
+    records = (await ctx.audit())[audit_before:]
+    node_actions = [r for r in records if r["node"]]
+    region_actions = [r for r in records if not r["node"]]
+    report.observed["node_actions"] = [describe(r) for r in node_actions]
+    report.observed["region_actions"] = [describe(r) for r in region_actions]
     report.check("no Pod cut", not cut)
-    report.check("no Kubernetes write", not actions)
+    report.check("no node cut or restored", not node_actions)
+    if not region_actions_allowed:
+        report.check("no region action", not region_actions)
+
+
+def describe(record: dict[str, Any]) -> str:
+    """Describe one audit record in a line."""
+    target = record["node"] or f"region {record['region']}"
+    return f"{record['action']} {target} ({record['result']}): {record['reason']}"
 
 
 async def expect_restored(ctx: Context, report: ScenarioReport) -> None:
     report.restored = await ctx.wait_restored()
-    ctx.say("every node healthy and every Pod serving" if report.restored else "not restored")
+    if report.restored:
+        ctx.say("every node healthy and every Pod serving")
+    else:
+        report.observed["not_restored"] = ctx.unsettled
+        ctx.say(f"not restored: {ctx.unsettled}")
     report.check("restored", report.restored)
 
 

@@ -173,6 +173,7 @@ class Context:
     watch: EndpointWatch
     timeline: Timeline
     timings: Timings
+    unsettled: dict[str, Any] = field(default_factory=dict)  # see wait_restored
 
     def say(self, text: str) -> None:
         self.timeline.say(text)
@@ -181,18 +182,10 @@ class Context:
         records: list[dict[str, Any]] = await self.lab.get("/v1/audit")
         return records
 
-    async def actions_since(self, count_before: int) -> Counter[str]:
-        """Count the cut and restore records added to the audit after ``count_before``."""
+    async def actions_since(self, count_before: int, node: str) -> Counter[str]:
+        """Count the cuts and restores of ``node`` added to the audit after ``count_before``."""
         records = await self.audit()
-        return Counter(str(record["action"]) for record in records[count_before:])
-
-    async def audit_since(self, count_before: int) -> list[str]:
-        """Describe the audit records added after ``count_before``, one line each."""
-        records = await self.audit()
-        return [
-            f"{r['action']} {r['node']} ({r['result']}): {r['reason']}"
-            for r in records[count_before:]
-        ]
+        return Counter(str(r["action"]) for r in records[count_before:] if r["node"] == node)
 
     async def query_central(self, expression: str) -> list[dict[str, Any]]:
         """Run an instant query on the central Prometheus and return its result vector."""
@@ -208,15 +201,32 @@ class Context:
         return result
 
     async def wait_restored(self) -> bool:
-        """Wait until every node is healthy, every Pod serves and nothing is isolated."""
+        """Wait until every node is healthy, every Pod serves and nothing is isolated.
+
+        When that does not happen in time, ``unsettled`` describes what was still missing.
+        """
+        missing: dict[str, Any] = {}
 
         async def settled() -> bool:
             verdicts = await self.lab.node_verdicts()
-            isolations = await self.lab.get("/v1/isolations")
-            healthy = all(verdicts.get(node) == "healthy" for node in self.lab.nodes)
-            return healthy and not isolations and self.watch.ready >= set(self.lab.pods)
+            missing["nodes"] = {n: v for n, v in verdicts.items() if v != "healthy"}
+            missing["isolations"] = [i.get("target") for i in await self.lab.get("/v1/isolations")]
+            missing["pods"] = sorted(set(self.lab.pods) - self.watch.ready)
+            missing["region_actions"] = await self._unrestored_region_actions()
+            return not any(missing.values())
 
-        return await wait_for(settled, self.timings.recovery_s)
+        done = await wait_for(settled, self.timings.recovery_s)
+        self.unsettled = {} if done else {k: v for k, v in missing.items() if v}
+        return done
+
+    async def _unrestored_region_actions(self) -> int:
+        """Return how many region-level cuts the audit shows without their restore. A region
+        whose Ingress routes had nothing to move is not listed among the isolations."""
+        actions: Counter[str] = Counter()
+        for record in await self.audit():
+            if not record["node"]:
+                actions[str(record["action"])] += 1
+        return actions["cut"] - actions["restore"]
 
 
 class VerdictRecorder:

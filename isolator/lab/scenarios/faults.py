@@ -8,11 +8,13 @@ healthy, every Pod serving, nothing isolated. Node names are those of the lab's 
 from __future__ import annotations
 
 import asyncio
+import json
 
 from isolator.lab.scenarios.checks import (
     ENDPOINT_CONTROLLER,
     ENDPOINT_REBUILD_WINDOW_S,
     alert_states,
+    describe,
     endpoint_slice_managers,
     expect_cut,
     expect_no_cut,
@@ -86,22 +88,56 @@ async def failed_component(
     ctx: Context, node: str = "r3-n04", component: str = "kube-proxy"
 ) -> ScenarioReport:
     """Fail one component of a live node and expect its Pods cut, then restored."""
-    return await _component_fault(ctx, "failed-component", node, component, component)
+    return await _component_fault(ctx, "failed-component", node, component)
 
 
 async def broken_ingress(ctx: Context, node: str = "r1-n03") -> ScenarioReport:
-    """Break the path through a node's ingress while every process passes its health check,
-    and expect the node's Pods cut, then restored."""
-    return await _component_fault(ctx, "broken-ingress-path", node, "ingress-path", "ingress")
+    """Break the path through a node's ingress while every process passes its health check.
+
+    The node is failed with component ingress, and the isolator cuts only the node's
+    ingress-controller Pods, because its other Pods still serve traffic that does not enter
+    through its ingress. The lab runs no ingress controller, so the Service's Pods must all
+    keep serving while the cut is recorded.
+    """
+    report = ScenarioReport(
+        "broken-ingress-path", f"ingress path of {node} fails; only its ingress controller cut"
+    )
+    audit_before = len(await ctx.audit())
+    fault = start(report)
+    await ctx.lab.set_component_faults(node, ["ingress-path"])
+    ctx.say(f"{node}: ingress path failing")
+
+    async def cut_recorded() -> bool:
+        records = (await ctx.audit())[audit_before:]
+        return any(r["node"] == node and r["action"] == "cut" for r in records)
+
+    recorded = await wait_for(cut_recorded, ctx.timings.cut_deadline_s)
+    detail = await ctx.lab.get(f"/v1/nodes/{node}")
+    report.verdict = detail["verdict"]
+    report.observed["component"] = detail["component"]
+    cut = ctx.watch.cut_since(fault)
+    report.pods_cut = sorted(cut)
+    report.wrong_cut_pods = sorted(cut)
+    report.wrong_cuts = len(cut)
+    records = (await ctx.audit())[audit_before:]
+    report.observed["actions"] = [describe(r) for r in records]
+    report.check("cut recorded within deadline", recorded)
+    report.check("verdict failed", report.verdict == "failed")
+    report.check("component ingress named", detail["component"] == "ingress")
+    report.check("the Service's Pods keep serving", not cut)
+
+    await ctx.lab.set_component_faults(node, [])
+    await expect_restored(ctx, report)
+    return report.judge()
 
 
 async def _component_fault(
-    ctx: Context, scenario: str, node: str, fault_name: str, component: str
+    ctx: Context, scenario: str, node: str, component: str
 ) -> ScenarioReport:
-    report = ScenarioReport(scenario, f"{fault_name} fails on live node {node}; its Pods cut")
+    report = ScenarioReport(scenario, f"{component} fails on live node {node}; its Pods cut")
     fault = start(report)
-    await ctx.lab.set_component_faults(node, [fault_name])
-    ctx.say(f"{node}: {fault_name} failing")
+    await ctx.lab.set_component_faults(node, [component])
+    ctx.say(f"{node}: {component} failing")
     await expect_cut(ctx, report, {node}, fault)
     detail = await ctx.lab.get(f"/v1/nodes/{node}")
     report.verdict = detail["verdict"]
@@ -128,7 +164,8 @@ async def region_partition(ctx: Context, index: int = 2) -> ScenarioReport:
         await hold(ctx.timings.observe_s)
     regions = await ctx.lab.region_verdicts()
     report.verdict = regions.get(name, "unknown")
-    await expect_no_cut(ctx, report, fault, audit_before)
+    # Moving the region's Ingress routes to its fallback is what a partition calls for.
+    await expect_no_cut(ctx, report, fault, audit_before, region_actions_allowed=True)
     report.check("verdict partitioned", report.verdict == "partitioned")
     others = {r: v for r, v in regions.items() if r != name}
     report.check("other regions normal", set(others.values()) == {"normal"})
@@ -250,7 +287,7 @@ async def half_open_link(ctx: Context, node: str = "r2-n03") -> ScenarioReport:
 
 async def broken_federation(ctx: Context, index: int = 2) -> ScenarioReport:
     """Drop the central's scrapes of a region's edge Prometheus, so each one times out, while
-    every agent heartbeats. Expect monitoring degraded, an alarm, and no Kubernetes write."""
+    every agent heartbeats. Expect monitoring degraded, an alarm, and no action."""
     name = region(ctx, index)
     report = ScenarioReport(
         "broken-federation", f"{name}'s federation scrapes time out; monitoring degraded, no cut"
@@ -280,7 +317,8 @@ async def broken_federation(ctx: Context, index: int = 2) -> ScenarioReport:
 
 async def central_fault(ctx: Context, all_links_down: bool) -> ScenarioReport:
     """Silence every region at once and expect what a central fault calls for: global
-    fail-safe, zero Kubernetes writes, an alarm, and an API that keeps responding.
+    fail-safe, zero Kubernetes writes, an alarm, and an API, the manual one included, that
+    keeps responding.
 
     With ``all_links_down`` every link goes down, the federation too. Otherwise only the
     agents' traffic to and from the isolator is dropped, and every edge Prometheus still
@@ -311,6 +349,14 @@ async def central_fault(ctx: Context, all_links_down: bool) -> ScenarioReport:
     report.check("verdict fail_safe", report.verdict == "fail_safe")
     report.check("alarm firing", "firing" in states)
     report.check("API answers", len(nodes) == len(ctx.lab.nodes))
+    # A person can still act during the fail-safe; a dry run keeps the zero-write check true.
+    manual = json.dumps({"reason": "manual isolation during a fail-safe", "dry_run": True})
+    node = sorted(ctx.lab.nodes)[0]
+    code, answer = await ctx.lab.post(
+        f"/v1/isolations/nodes/{node}", manual.encode(), "application/json"
+    )
+    report.observed["manual_api"] = {"status": code, "result": answer.get("result")}
+    report.check("manual API answers", code == 200 and answer.get("result") == "dry_run")
 
     for name in ctx.lab.spec.regions:
         if all_links_down:
@@ -336,7 +382,7 @@ async def flapping_node(ctx: Context, node: str = "r2-n04", cycles: int = 5) -> 
         await ctx.lab.set_component_faults(node, [])
         await hold(healthy_s)
     ctx.say(f"{node}: {cycles} cycles of {failing_s:g} s failing, {healthy_s:g} s healthy")
-    during = await ctx.actions_since(audit_before)
+    during = await ctx.actions_since(audit_before, node)
     report.observed["actions_while_flapping"] = dict(during)
     cut = ctx.watch.cut_since(fault)
     report.pods_cut = sorted(cut)
@@ -348,7 +394,7 @@ async def flapping_node(ctx: Context, node: str = "r2-n04", cycles: int = 5) -> 
     report.check("nothing else cut", report.wrong_cuts == 0)
 
     await expect_restored(ctx, report)
-    total = await ctx.actions_since(audit_before)
+    total = await ctx.actions_since(audit_before, node)
     report.observed["actions"] = dict(total)
     report.check("at most one restore", total["restore"] <= 1)
     return report.judge()
