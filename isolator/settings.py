@@ -322,6 +322,11 @@ class Settings(BaseSettings):
                 "probe_timeout_s must be shorter than two heartbeat intervals; "
                 "lower ISOLATOR_PROBE_TIMEOUT_S"
             )
+        if self.auth_token_file is None and not self.auth_disabled:
+            raise ValueError(
+                "no API token file: set ISOLATOR_AUTH_TOKEN_FILE, or ISOLATOR_AUTH_DISABLED=true "
+                "to serve the API without authentication"
+            )
         return self
 
 
@@ -363,7 +368,7 @@ class AgentSettings(BaseSettings):
         None,
         description=(
             "Path of a file that contains the agent's API token, sent as a bearer token with "
-            "every heartbeat. Read before each heartbeat, so a rotated token takes effect "
-            "without a restart. Unset sends no token."
+            "every heartbeat. Read at start and again after the isolator rejects a heartbeat "
+            "with 401, so a rotated token takes effect without a restart. Unset sends none."
         ),
     )

@@ -80,6 +80,27 @@ class Agent:
         self._last_result = ""
         self.components: dict[str, CheckResult] = {}
         self.ingress: CheckResult | None = None
+        self._token = self._read_token()
+
+    def _read_token(self) -> str | None:
+        """Return the API token from the token file, or None without one.
+
+        A token that cannot be read is logged and heartbeats go without it: the isolator
+        then rejects them with 401, which shows on the heartbeat metric and in the log.
+        """
+        path = self.settings.token_file
+        if path is None:
+            return None
+        try:
+            with open(path, encoding="utf-8") as file:
+                token = file.read().strip()
+        except OSError as err:
+            logger.error("API token file unreadable", extra={"path": path, "error": str(err)})
+            return None
+        return token or None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -145,12 +166,15 @@ class Agent:
         }
         self.seq += 1
         try:
-            async with session.post(url, json=body) as response:
+            async with session.post(url, json=body, headers=self._headers()) as response:
                 if response.status < 300:
                     self._note("ok")
                     return
                 text = await response.text()
                 self._note("rejected", status=response.status, body=truncate(text))
+                if response.status == 401:
+                    # The token may have been rotated: the next heartbeat reads it again.
+                    self._token = self._read_token()
         except (aiohttp.ClientError, TimeoutError) as err:
             self._note("error", error=repr(err))
 

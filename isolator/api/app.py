@@ -1,12 +1,13 @@
-"""The isolator's HTTP API: heartbeats, the Alertmanager webhook, and the read endpoints."""
+"""The isolator's HTTP API: heartbeats, the Alertmanager webhook, the read endpoints and the
+manual API, each behind a bearer token of the role it needs (see ``auth``)."""
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -14,12 +15,15 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from isolator.api.auth import READERS, Authenticator, Caller, Role, require
+from isolator.api.manual import create_router
 from isolator.api.schemas import AlertmanagerWebhook, Heartbeat
 from isolator.api.views import node_view, region_view, status_view
 from isolator.clock import Clock
 from isolator.engine.alerts import AlertOutcome, IncomingAlert
 from isolator.engine.evidence import HeartbeatOutcome
 from isolator.engine.loop import Controller
+from isolator.engine.manual import ManualActions
 from isolator.logs import truncate
 from isolator.metrics import Metrics
 from isolator.model import INGRESS_COMPONENT
@@ -62,10 +66,19 @@ class BodySizeLimit:
 
 
 def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAPI:
-    """Build the API around a running controller."""
-    app = FastAPI(title="isolator", version="0.1.0")
+    """Build the API around a running controller.
+
+    Raises TokenFileError when the settings name a token file that cannot be loaded.
+    """
+    # The generated documentation pages would be the only endpoints without a token.
+    app = FastAPI(
+        title="isolator", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None
+    )
     ledger = controller.alerts
     settings = controller.settings
+    app.state.authenticator = Authenticator.from_settings(settings)
+    app.state.manual = ManualActions(controller, clock)
+    readers = [Depends(require(*READERS))]
 
     app.add_middleware(BodySizeLimit)
 
@@ -88,10 +101,24 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
                 "request rejected",
                 extra={"path": request.url.path, "status": err.status_code, "error": err.detail},
             )
-        return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+        return JSONResponse(
+            {"error": str(err.detail)}, status_code=err.status_code, headers=err.headers
+        )
 
     @app.post("/v1/heartbeats")
-    async def receive_heartbeat(beat: Heartbeat) -> JSONResponse:
+    async def receive_heartbeat(
+        beat: Heartbeat, caller: Annotated[Caller, Depends(require(Role.AGENT))]
+    ) -> JSONResponse:
+        if caller.role is Role.AGENT and caller.name != beat.node:
+            # An agent's token is good for its own node only, so a leaked token cannot keep
+            # another node looking alive.
+            metrics.heartbeats_rejected.labels("forbidden").inc()
+            message = f"{caller.name} may send heartbeats for node {caller.name!r} only"
+            logger.warning(
+                "request rejected",
+                extra={"path": "/v1/heartbeats", "status": 403, "caller": caller.name},
+            )
+            return JSONResponse({"error": message, "field": "node"}, status_code=403)
         health = dict(beat.components)
         if beat.ingress_ok is not None:
             health[INGRESS_COMPONENT] = beat.ingress_ok
@@ -117,7 +144,7 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
             metrics.heartbeats.inc()
         return JSONResponse({"outcome": outcome.value})
 
-    @app.post("/v1/alerts/webhook")
+    @app.post("/v1/alerts/webhook", dependencies=[Depends(require(Role.ALERTMANAGER))])
     async def receive_alerts(notification: AlertmanagerWebhook) -> dict[str, Any]:
         outcomes: Counter[str] = Counter()
         unmapped = []
@@ -150,32 +177,30 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
             )
         return {"alerts": dict(outcomes), "unmapped_nodes": unmapped, "reread": reread}
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", dependencies=readers)
     async def read_status() -> dict[str, Any]:
         return status_view(controller)
 
-    @app.get("/v1/nodes")
+    @app.get("/v1/nodes", dependencies=readers)
     async def list_nodes() -> list[dict[str, Any]]:
         return [node_view(controller, name, clock) for name in sorted(controller.store.nodes)]
 
-    @app.get("/v1/nodes/{name}")
+    @app.get("/v1/nodes/{name}", dependencies=readers)
     async def read_node(name: str) -> Any:
         if name not in controller.store.nodes:
             return JSONResponse({"error": f"node {name!r} not found"}, status_code=404)
         return node_view(controller, name, clock)
 
-    @app.get("/v1/regions")
+    @app.get("/v1/regions", dependencies=readers)
     async def list_regions() -> list[dict[str, Any]]:
         return [region_view(controller, name) for name in sorted(controller.store.regions)]
 
-    @app.get("/v1/isolations")
-    async def list_isolations() -> list[dict[str, Any]]:
-        return [vars_of(iso) for iso in controller.isolations.values()]
-
-    @app.get("/v1/audit")
+    @app.get("/v1/audit", dependencies=readers)
     async def list_audit() -> list[dict[str, Any]]:
         return list(controller.audit)
 
+    # The one endpoint without a token: a liveness probe carries none, and it reveals nothing
+    # beyond whether the control loop runs.
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         last = controller.state.last_pass_at
@@ -184,13 +209,9 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
             return JSONResponse({"status": "control loop not running"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=readers)
     async def read_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(create_router(controller, clock))
     return app
-
-
-def vars_of(obj: Any) -> dict[str, Any]:
-    """Return a slotted dataclass instance as a dict."""
-    return {name: getattr(obj, name) for name in obj.__slots__}

@@ -8,6 +8,7 @@ concluded. Cuts that reading back did not confirm are attempted again a bounded 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections import Counter, deque
@@ -86,7 +87,12 @@ class Isolation:
     @property
     def key(self) -> str:
         """Return the key under which at most one action on this target is in flight."""
-        return self.node if self.kind is TargetKind.NODE else f"{self.kind}:{self.name}"
+        return target_key(self.kind, self.name)
+
+
+def target_key(kind: TargetKind, name: str) -> str:
+    """Return the in-flight key of a target: a node's own name, or "kind:name"."""
+    return name if kind is TargetKind.NODE else f"{kind}:{name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,6 +599,15 @@ class Controller:
         """Hold automatic cuts of a node that a person restored, for the manual restore hold."""
         until = self._clock.monotonic() + self.settings.manual_restore_hold_s
         self._memory.cut_held_until[node] = until
+
+    async def preview(
+        self, action: str, isolation: Isolation, reason: str, who: str
+    ) -> Outcome | None:
+        """Plan a cut or restore of the isolation's target without writing, and audit the plan.
+
+        The isolation itself is left as it is and nothing is listed.
+        """
+        return await self._act(action, dataclasses.replace(isolation, dry_run=True), reason, who)
 
     async def _call(self, action: str, isolation: Isolation) -> Outcome:
         """Send one cut or restore of the isolation's target to Kubernetes.

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,79 @@ class LabSpec:
     keep_files: bool = field(default_factory=lambda: os.environ.get("ISOLATOR_LAB_KEEP") == "1")
 
 
+@dataclass(frozen=True)
+class LabTokens:
+    """The lab's API tokens and the files that carry them: the isolator's token file (digests
+    only), one token file per agent, and the credential files of Alertmanager and Prometheus."""
+
+    directory: Path
+    operator: str
+    viewer: str
+    alertmanager: str
+    agents: dict[str, str]  # node -> its agent's token
+
+    @property
+    def token_file(self) -> Path:
+        return self.directory / "tokens.yaml"
+
+    @property
+    def webhook_credentials(self) -> Path:
+        return self.directory / "alertmanager.token"
+
+    @property
+    def metrics_credentials(self) -> Path:
+        return self.directory / "prometheus.token"
+
+    def agent_file(self, node: str) -> Path:
+        return self.directory / f"agent-{node}.token"
+
+    @classmethod
+    def create(
+        cls, directory: Path, nodes: list[str], owner_of: Callable[[str], int] | None = None
+    ) -> LabTokens:
+        """Write fresh random tokens for the isolator and every client.
+
+        ``owner_of`` returns the user an agent runs as, when agents run as their own users:
+        its token file then belongs to that user alone.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        tokens = cls(
+            directory,
+            operator=secrets.token_urlsafe(32),
+            viewer=secrets.token_urlsafe(32),
+            alertmanager=secrets.token_urlsafe(32),
+            agents={node: secrets.token_urlsafe(32) for node in nodes},
+        )
+        entries = {
+            tokens.operator: ("lab-operator", "operator"),
+            tokens.viewer: ("lab-viewer", "viewer"),
+            tokens.alertmanager: ("alertmanager", "alertmanager"),
+            **{token: (node, "agent") for node, token in tokens.agents.items()},
+        }
+        lines = [
+            f'"sha256:{hashlib.sha256(token.encode()).hexdigest()}": {{name: {name}, role: {role}}}'
+            for token, (name, role) in entries.items()
+        ]
+        _write_secret(tokens.token_file, "\n".join(lines) + "\n")
+        _write_secret(tokens.webhook_credentials, tokens.alertmanager)
+        _write_secret(tokens.metrics_credentials, tokens.viewer)
+        for node, token in tokens.agents.items():
+            uid = None if owner_of is None else owner_of(node)
+            _write_secret(tokens.agent_file(node), token, uid)
+        if owner_of is not None:
+            # Agents of other users must reach their files: traverse, but not list.
+            for folder in (directory, directory.parent):
+                folder.chmod(0o711)
+        return tokens
+
+
+def _write_secret(path: Path, text: str, uid: int | None = None) -> None:
+    path.write_text(text)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    path.chmod(0o400 if uid is not None else 0o600)
+
+
 def node_name(region_index: int, node_index: int) -> str:
     """Return the Node name of node ``node_index`` in region ``region_index`` (both 0-based)."""
     return f"r{region_index + 1}-n{node_index + 1:02d}"
@@ -125,6 +200,7 @@ class Lab:
         self.node_sims: dict[str, ManagedProcess] = {}
         self.isolator_port = 0
         self.isolator_settings: dict[str, str] = {}  # the ISOLATOR_* settings it runs with
+        self._tokens: LabTokens | None = None
         self._fake_clock = self.spec.fake_isolator_clock
         self._lock: LabLock | None = None
         self._control_plane: ControlPlane | None = None
@@ -154,6 +230,12 @@ class Lab:
         return self._monitoring
 
     @property
+    def tokens(self) -> LabTokens:
+        """The lab's API tokens: operator, viewer, Alertmanager and one per agent."""
+        assert self._tokens is not None, "the lab is not started"
+        return self._tokens
+
+    @property
     def isolator_url(self) -> str:
         return f"http://127.0.0.1:{self.isolator_port}"
 
@@ -177,6 +259,8 @@ class Lab:
         await self._control_plane.start()
         self._api = await k8s_config.new_client_from_config(str(self.kubeconfig))
         await self._create_objects()
+        owner = self.agent_uid if self.spec.per_node_uids else None
+        self._tokens = LabTokens.create(self.work_dir / "auth", list(self.nodes), owner)
 
         self.isolator_port = free_port("0.0.0.0")
         self._monitoring = Monitoring(
@@ -186,6 +270,8 @@ class Lab:
             webhook_url=f"{self.isolator_url}/v1/alerts/webhook",
             options=self.spec.monitoring,
             kubelet_targets=self._targets(nodesim.NODESIM_PORT),
+            webhook_credentials_file=self.tokens.webhook_credentials,
+            isolator_credentials_file=self.tokens.metrics_credentials,
         )
         await self._monitoring.start()
         self._start_isolator()
@@ -258,6 +344,7 @@ class Lab:
             "ISOLATOR_ALERTMANAGER_URL": self.monitoring.alertmanager_url,
             "ISOLATOR_AGENT_PORT": str(AGENT_PORT),
             "ISOLATOR_LOG_JSON": "true",
+            "ISOLATOR_AUTH_TOKEN_FILE": str(self.tokens.token_file),
             **self.spec.isolator_settings,
         }
         self.isolator_settings = {k: v for k, v in env.items() if k.startswith("ISOLATOR_")}
@@ -308,14 +395,26 @@ class Lab:
         """Whether ``isolator serve`` runs under libfaketime."""
         return self._fake_clock
 
-    async def restart_isolator(self, fake_clock: bool) -> None:
-        """Stop ``isolator serve`` and start it again on the same port, under libfaketime when
-        ``fake_clock`` is true, then wait until every node is healthy and every Pod serves."""
+    async def restart_isolator(self, fake_clock: bool | None = None, *, wait: bool = True) -> None:
+        """Stop ``isolator serve`` (if it still runs) and start it again on the same port.
+
+        With ``fake_clock`` true it runs under libfaketime, false on the real clock, and None
+        keeps the clock it had. With ``wait`` it then waits until every node is healthy and
+        every Pod serves.
+        """
         assert self._isolator is not None, "the lab is not started"
         self._isolator.stop(timeout_s=5.0)
-        self._fake_clock = fake_clock
+        if fake_clock is not None:
+            self._fake_clock = fake_clock
         self._start_isolator()
-        await self.wait_until_serving(timeout_s=60.0)
+        if wait:
+            await self.wait_until_serving(timeout_s=60.0)
+
+    def kill_isolator(self) -> None:
+        """Kill ``isolator serve`` with SIGKILL, as a crash or an evicted Pod would end it."""
+        assert self._isolator is not None, "the lab is not started"
+        self._isolator.kill()
+        logger.info("isolator killed", extra={"port": self.isolator_port})
 
     def agent_uid(self, node: str) -> int:
         """Return the user the agent of ``node`` runs as with LabSpec.per_node_uids."""
@@ -337,6 +436,7 @@ class Lab:
             "ISOLATOR_AGENT_COMPONENTS": json.dumps(nodesim.component_urls(self._node_ip(node))),
             "ISOLATOR_AGENT_INGRESS_CHECK_URL": nodesim.ingress_url(self._node_ip(node)),
             "ISOLATOR_AGENT_CHECK_TIMEOUT_S": str(self.spec.heartbeat_interval_s * 0.6),
+            "ISOLATOR_AGENT_TOKEN_FILE": str(self.tokens.agent_file(node)),
         }
         argv = [sys.executable, "-m", "isolator", "agent"]
         if self.spec.per_node_uids:
@@ -479,20 +579,38 @@ class Lab:
         """Return the Pods that are ready endpoints of the lab's Service right now."""
         return await cluster.ready_endpoint_pods(self.api, self.spec.namespace, self.spec.service)
 
+    def _token_for(self, path: str) -> str:
+        """Return the token of the role that ``path`` needs: an agent's for heartbeats (the
+        first node's), Alertmanager's for the webhook, the operator's for anything else."""
+        if path.startswith("/v1/heartbeats"):
+            return self.tokens.agents[next(iter(self.nodes))]
+        if path.startswith("/v1/alerts/webhook"):
+            return self.tokens.alertmanager
+        return self.tokens.operator
+
     async def get(self, path: str) -> Any:
-        """GET a JSON document from the isolator API."""
+        """GET a JSON document from the isolator API with the viewer token."""
         timeout = aiohttp.ClientTimeout(total=5.0)
+        headers = {"Authorization": f"Bearer {self.tokens.viewer}"}
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"{self.isolator_url}{path}") as response,
+            session.get(f"{self.isolator_url}{path}", headers=headers) as response,
         ):
             response.raise_for_status()
             return await response.json()
 
-    async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
-        """POST a raw body to the isolator API and return the status and JSON answer."""
-        timeout = aiohttp.ClientTimeout(total=5.0)
-        headers = {"content-type": content_type}
+    async def post(
+        self, path: str, body: bytes, content_type: str, token: str | None = None
+    ) -> tuple[int, Any]:
+        """POST a raw body to the isolator API and return the status and the JSON response.
+
+        The request carries ``token``, or else the token of the role the path needs.
+        """
+        timeout = aiohttp.ClientTimeout(total=15.0)
+        headers = {
+            "content-type": content_type,
+            "Authorization": f"Bearer {token or self._token_for(path)}",
+        }
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
             session.post(f"{self.isolator_url}{path}", data=body, headers=headers) as response,

@@ -143,13 +143,15 @@ def central_prometheus_config(
     alertmanager: str,
     options: MonitoringOptions,
     isolator_targets: Sequence[str] = (),
+    isolator_credentials_file: str | None = None,
 ) -> dict[str, Any]:
     """Build the central Prometheus config that federates every edge Prometheus.
 
     ``edges`` maps region to "ip:port" of its edge Prometheus, and ``alertmanager`` is the
     "host:port" of the Alertmanager. honor_labels keeps the job, instance and node labels of
     the edge series, and the edge adds its region from external_labels. Each of
-    ``isolator_targets`` ("host:port") is scraped as job ``isolator``.
+    ``isolator_targets`` ("host:port") is scraped as job ``isolator``, with
+    ``Authorization: Bearer <the file's content>`` when ``isolator_credentials_file`` is set.
     """
     scrape_configs: list[dict[str, Any]] = [
         {
@@ -164,9 +166,13 @@ def central_prometheus_config(
         }
     ]
     if isolator_targets:
-        scrape_configs.append(
-            {"job_name": ISOLATOR_JOB, "static_configs": [{"targets": list(isolator_targets)}]}
-        )
+        job: dict[str, Any] = {
+            "job_name": ISOLATOR_JOB,
+            "static_configs": [{"targets": list(isolator_targets)}],
+        }
+        if isolator_credentials_file is not None:
+            job["authorization"] = {"type": "Bearer", "credentials_file": isolator_credentials_file}
+        scrape_configs.append(job)
     return {
         "global": {
             "scrape_interval": prometheus_duration(options.federation_interval_s),
@@ -271,12 +277,18 @@ class Monitoring:
         webhook_url: str,
         options: MonitoringOptions | None = None,
         kubelet_targets: Mapping[str, Mapping[str, str]] | None = None,
+        webhook_credentials_file: Path | None = None,
+        isolator_credentials_file: Path | None = None,
     ) -> None:
+        """``webhook_credentials_file`` and ``isolator_credentials_file`` hold the bearer tokens
+        that Alertmanager sends to the webhook and the central Prometheus to /metrics."""
         self.work_dir = work_dir
         self.regions = {region.region: region for region in regions}
         self.agent_targets = agent_targets
         self.kubelet_targets = kubelet_targets or {}
         self.webhook_url = webhook_url
+        self.webhook_credentials_file = webhook_credentials_file
+        self.isolator_credentials_file = isolator_credentials_file
         self.options = options or MonitoringOptions()
         unknown = set(agent_targets) - set(self.regions)
         if unknown:
@@ -397,8 +409,14 @@ class Monitoring:
 
     def _alertmanager_process(self, port: int) -> ManagedProcess:
         directory = self.work_dir / "alertmanager"
+        credentials = self.webhook_credentials_file
         config = write_yaml(
-            directory / "alertmanager.yml", alertmanager_config(self.webhook_url, self.options)
+            directory / "alertmanager.yml",
+            alertmanager_config(
+                self.webhook_url,
+                self.options,
+                credentials_file=None if credentials is None else str(credentials),
+            ),
         )
         argv = [
             ALERTMANAGER_BINARY,
@@ -420,9 +438,16 @@ class Monitoring:
         }
         alertmanager = f"127.0.0.1:{self._alertmanager_port}"
         isolator = [urlsplit(self.webhook_url).netloc] if self.options.scrape_isolator else []
+        credentials = self.isolator_credentials_file
         config = write_yaml(
             directory / "prometheus.yml",
-            central_prometheus_config(edges, alertmanager, self.options, isolator),
+            central_prometheus_config(
+                edges,
+                alertmanager,
+                self.options,
+                isolator,
+                isolator_credentials_file=None if credentials is None else str(credentials),
+            ),
         )
         argv = _prometheus_argv(config, directory / "data", f"127.0.0.1:{port}", self.options)
         self._central_port = port

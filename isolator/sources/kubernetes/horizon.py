@@ -338,6 +338,7 @@ class IngressHorizon:
                 previous,
                 fallback=str(fallback),
                 who=request.who if manual else previous.who,
+                reason=request.reason if manual else previous.reason,
                 expires_at=request.expires_at if manual else previous.expires_at,
             )
         else:

@@ -99,18 +99,25 @@ class CutRecord:
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def merged(
-        self, scope: CutScope, who: str | None, expires_at: str | None, owner: Owner
+        self,
+        scope: CutScope,
+        who: str | None,
+        expires_at: str | None,
+        owner: Owner,
+        reason: str,
     ) -> CutRecord:
         """Return the record after another cut of the same Pod, keeping what the first replaced.
 
-        The scope only widens. A manual isolation takes over an automatic cut (its ``who`` and
-        expiry replace none), and an isolation of the Pod alone takes over a node's cut.
+        The scope only widens. A manual isolation takes over any cut with its ``who``, reason
+        and expiry, and an isolation of the Pod alone takes over a node's cut.
         """
+        manual = who is not None
         return dataclasses.replace(
             self,
             scope=wider_scope(self.scope, scope),
-            who=who if who is not None else self.who,
-            expires_at=expires_at if who is not None else self.expires_at,
+            who=who if manual else self.who,
+            reason=reason if manual else self.reason,
+            expires_at=expires_at if manual else self.expires_at,
             owner=Owner.POD if owner is Owner.POD else self.owner,
         )
 

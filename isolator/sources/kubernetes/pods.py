@@ -119,7 +119,9 @@ class PodCuts:
         existing = patches.read_record(current)
         if existing is None:
             return None  # An unreadable record is left as it is; restore handles it.
-        merged = existing.merged(request.scope, request.who, request.expires_at, request.owner)
+        merged = existing.merged(
+            request.scope, request.who, request.expires_at, request.owner, request.reason
+        )
         return None if merged == existing else merged
 
     @staticmethod
