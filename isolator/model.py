@@ -102,6 +102,7 @@ class NodeEvidence:
     probe_rtts: deque[float | None] = field(default_factory=deque)  # None for a failed probe
     heartbeat_gaps: deque[float] = field(default_factory=deque)  # seconds between arrivals
     ingress_results: deque[bool] = field(default_factory=deque)
+    history_reset_at: float | None = None  # when the history last restarted after an outage
 
 
 @dataclass(slots=True)

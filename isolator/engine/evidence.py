@@ -98,6 +98,7 @@ class EvidenceStore:
         if evidence.last_heartbeat_at is not None:
             gap = now - evidence.last_heartbeat_at
             if gap > self._outage_gap_s:
+                evidence.history_reset_at = now
                 evidence.probe_rtts.clear()
                 evidence.heartbeat_gaps.clear()
                 evidence.ingress_results.clear()

@@ -149,12 +149,13 @@ class Controller:
         grey_scorer: GreyScorer | None = None,
     ) -> None:
         self.settings = settings
-        self.store = EvidenceStore()
+        self.store = EvidenceStore(outage_gap_s=settings.heartbeat_timeout_s)
         self.alerts = AlertLedger(self.store)
         self._alert_reader = alert_reader
         self._reread: asyncio.Task[None] | None = None
         self._grey_scorer = grey_scorer
         self.grey_scores: dict[str, GreyScore] = {}
+        self._grey_scored_at = 0.0  # monotonic time the latest scoring started
         self.state = LoopState()
         self.isolations: dict[str, Isolation] = {}  # node -> its cut
         self.pod_isolations: dict[str, Isolation] = {}  # "namespace/name" -> its isolation
@@ -282,7 +283,20 @@ class Controller:
     async def score_grey(self) -> None:
         """Score every node for grey failure; the next passes use the scores."""
         if self._grey_scorer is not None:
+            scored_at = self._clock.monotonic()
             self.grey_scores = await self._grey_scorer.score(self.store.nodes)
+            self._grey_scored_at = scored_at
+
+    def _current_grey_scores(self) -> dict[str, GreyScore]:
+        """Return the scores taken after each node's latest outage; older ones describe a
+        node that has since been down and back."""
+        current = {}
+        for name, score in self.grey_scores.items():
+            evidence = self.store.nodes.get(name)
+            reset_at = evidence.history_reset_at if evidence else None
+            if reset_at is None or reset_at < self._grey_scored_at:
+                current[name] = score
+        return current
 
     async def probe(self) -> None:
         """Probe every agent once, with bounded concurrency."""
@@ -320,7 +334,7 @@ class Controller:
         assessment = classify(self.store.nodes, self.store.regions, now, self._limits)
         if self.grey_scores:
             threshold = self.settings.grey_suspect_threshold
-            assessment = apply_grey_scores(assessment, self.grey_scores, threshold)
+            assessment = apply_grey_scores(assessment, self._current_grey_scores(), threshold)
         newly_healthy = self._newly_healthy(assessment)
         self._memory.update(assessment, now)
         isolated = {name: iso.region for name, iso in self.isolations.items()}

@@ -93,3 +93,15 @@ async def test_bundled_model_scores_slow_node_above_peers() -> None:
 
     assert scores["n0"].score > 0.8
     assert max(scores[f"n{j}"].score for j in range(1, 8)) < 0.2
+
+
+async def test_score_from_before_an_outage_dropped() -> None:
+    harness = await Harness.start(grey_scorer=FixedScores({"r1-n03": 0.97}))
+    await harness.controller.score_grey()
+    harness.silent.add("r1-n03")
+    await harness.run_for(5.0)
+
+    harness.silent.clear()
+    await harness.run_for(1.0)
+
+    assert harness.node_verdict("r1-n03") is NodeVerdict.HEALTHY
