@@ -9,7 +9,8 @@ import pytest
 
 from bench.crash import is_isolator_write
 from bench.kubeapi import difference, parse_request_counts, writes
-from bench.scale import loop_figures, parse_samples, step_passed, summarize_profile
+from bench.pyspy import summarize_profile
+from bench.scale import loop_figures, parse_samples, step_passed
 from bench.stats import histogram_quantile, linear_fit, percentile, summarize
 
 SAMPLE = [3.1, 2.7, 2.9, 6.8, 3.0, 2.8, 3.3, 2.6]
