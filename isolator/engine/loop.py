@@ -536,11 +536,9 @@ class Controller:
                 del table[isolation.name]
             isolation.retry_at = self._clock.monotonic() + self.settings.action_retry_interval_s
             return None
-        isolation.pods, isolation.verified, isolation.detail = (
-            outcome.objects,
-            outcome.verified,
-            outcome.detail,
-        )
+        # A repeated cut reports only what it changed; the isolation covers everything cut.
+        isolation.pods = tuple(sorted({*isolation.pods, *outcome.objects}))
+        isolation.verified, isolation.detail = outcome.verified, outcome.detail
         if not outcome.verified:
             isolation.retry_at = self._clock.monotonic() + self.settings.action_retry_interval_s
             if isolation.attempts > self.settings.action_retry_limit and not isolation.dry_run:

@@ -261,3 +261,48 @@ async def ready_endpoint_pods(api: Api, namespace: str, service: str) -> set[str
             if endpoint.conditions is not None and endpoint.conditions.ready is True:
                 ready.add(str(target.name))
     return ready
+
+
+async def create_ingress(
+    api: Api,
+    namespace: str,
+    name: str,
+    service: str,
+    port: int,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> None:
+    """Create an Ingress whose default backend and one rule send everything to ``service``.
+
+    No ingress controller runs in the lab: the object is what the isolator's split horizon
+    edits, and what a cloud-side controller would route by.
+    """
+    backend = {"service": {"name": service, "port": {"number": port}}}
+    body = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "labels": labels or {}, "annotations": annotations or {}},
+        "spec": {
+            "defaultBackend": backend,
+            "rules": [
+                {
+                    "host": f"{name}.example.com",
+                    "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]},
+                }
+            ],
+        },
+    }
+    async with api_client(api) as c:
+        # The client sends a dict body as it is; its annotation names only the model class.
+        await client.NetworkingV1Api(c).create_namespaced_ingress(namespace, body)  # type: ignore[arg-type]
+
+
+async def ingress_backends(api: Api, namespace: str, name: str) -> set[str]:
+    """Return the names of the Services an Ingress routes to, default backend included."""
+    async with api_client(api) as c:
+        ingress = await client.NetworkingV1Api(c).read_namespaced_ingress(name, namespace)
+    spec = ingress.spec
+    backends = [spec.default_backend] if spec.default_backend else []
+    for rule in spec.rules or []:
+        backends += [path.backend for path in (rule.http.paths if rule.http else [])]
+    return {str(backend.service.name) for backend in backends if backend.service}
