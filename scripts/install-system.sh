@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Install the Debian packages the lab needs, when they are missing: Prometheus and Alertmanager
-# (with promtool and amtool) and iproute2 for network namespaces, veth pairs and tc netem.
+# (with promtool and amtool), iproute2 for network namespaces and veth pairs, nftables for weak
+# links and per-node faults, and faketime for the wall-clock step scenario.
 set -euo pipefail
 
-packages=(prometheus prometheus-alertmanager iproute2)
-commands=(prometheus prometheus-alertmanager ip)
+packages=(prometheus prometheus-alertmanager iproute2 nftables faketime)
+commands=(prometheus prometheus-alertmanager ip nft faketime)
 
 missing=()
 for i in "${!commands[@]}"; do
   command -v "${commands[$i]}" >/dev/null 2>&1 || missing+=("${packages[$i]}")
 done
-# tc comes with iproute2; the netem qdisc needs the kernel module sch_netem, loaded on demand.
 command -v tc >/dev/null 2>&1 || missing+=(iproute2)
 
 if ((${#missing[@]} == 0)); then
