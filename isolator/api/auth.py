@@ -1,4 +1,5 @@
-"""Bearer-token authentication and roles, as FastAPI dependencies on every endpoint.
+"""Bearer-token authentication and roles, as FastAPI dependencies on every endpoint but
+/healthz.
 
 Tokens come from a YAML or JSON file that maps each token, or its SHA-256 written as
 ``sha256:<64 hex digits>``, to a name and a role::

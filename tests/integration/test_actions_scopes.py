@@ -310,3 +310,20 @@ async def test_recorded_isolations_describe_each_cut(
     await source.restore_node(failed, "inc-rec")
     await source.restore_pod(f"{gated.namespace}/{single}", "inc-rec-pod")
     assert await cut_records(api, gated.namespace) == {}
+
+
+async def test_raw_patch_errors_keep_status(
+    api: ApiClient, gated: Estate, source: KubernetesSource
+) -> None:
+    """Pod patches skip the client's model classes; errors still carry their HTTP status."""
+    pod = sorted(gated.names(gated.nodes[0]))[0]
+    stale = {"metadata": {"resourceVersion": "1", "annotations": {"example.com/x": "y"}}}
+
+    with pytest.raises(KubernetesError) as conflict:
+        await source._kube.patch_pod(gated.namespace, pod, stale)
+    with pytest.raises(KubernetesError) as missing:
+        await source._kube.patch_pod_status(gated.namespace, "no-such-pod", {"status": {}})
+
+    assert conflict.value.status == 409
+    assert "Conflict" in str(conflict.value)
+    assert missing.value.status == 404

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -129,11 +130,14 @@ async def call_with_retry(
     clock: Clock,
     attempts: int = MAX_ATTEMPTS,
     log_extra: Mapping[str, Any] | None = None,
+    jitter: float = 0.0,
 ) -> T:
     """Await ``request()``, retrying while Kubernetes is unavailable, at most ``attempts`` times.
 
     Every other error is raised at once. Errors are raised as KubernetesError with the
-    original chained.
+    original chained. Each pause (the server's Retry-After, else the backoff) grows by a
+    random share of up to ``jitter`` of itself, so that requests throttled together do not
+    all come back at the same instant.
     """
     backoff = FIRST_BACKOFF_S
     for attempt in range(1, attempts + 1):
@@ -153,6 +157,7 @@ async def call_with_retry(
                 logger.warning("Kubernetes request failed, giving up", extra=extra)
                 raise error from err
             delay = error.retry_after_s if error.retry_after_s is not None else backoff
+            delay *= 1.0 + jitter * random.random()  # spreading, not secrecy
             logger.warning(
                 "Kubernetes request failed, will retry", extra={**extra, "delay_s": delay}
             )

@@ -16,7 +16,7 @@ from isolator.clock import Clock
 from isolator.model import CUT_ANNOTATION
 from isolator.sources.kubernetes import patches
 from isolator.sources.kubernetes.patches import CutRecord, CutScope, Json, Owner
-from isolator.sources.kubernetes.writes import PodWriter
+from isolator.sources.kubernetes.writes import PendingEvents, PodWriter
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,12 @@ class PodCuts:
         self._writer = writer
         self._clock = clock
 
-    async def cut(self, pod: Json, request: CutRequest, *, node: str) -> str | None:
+    async def cut(
+        self, pod: Json, request: CutRequest, *, node: str, events: PendingEvents
+    ) -> str | None:
         """Cut one Pod; return its key when anything was written, None when nothing was.
+
+        The Pod's Event goes to ``events``, for the caller to create after every write.
 
         A Pod already cut keeps the record of what the first cut replaced. The record only
         widens: a wider scope, a person taking over an automatic cut, or an isolation of the
@@ -96,9 +100,7 @@ class PodCuts:
         if not patches.is_cut_applied(patched, scope):
             # A mutating admission webhook changed the write; the read-back reports it.
             logger.warning("Pod status came back without the cut", extra=extra)
-        await self._writer.emit_pod_event(
-            pod, patches.CUT_REASON, "Cut", request.describe(), warning=True
-        )
+        events.add(pod, patches.CUT_REASON, "Cut", request.describe(), warning=True)
         logger.info("Pod cut", extra={**extra, "scope": scope.value})
         return key
 
@@ -130,8 +132,11 @@ class PodCuts:
         record = patches.read_record(pod)
         return requested if record is None else patches.wider_scope(record.scope, requested)
 
-    async def restore(self, pod: Json, *, node: str, incident: str) -> Restored | None:
-        """Restore one Pod, or return None when the Pod disappeared."""
+    async def restore(
+        self, pod: Json, *, node: str, incident: str, events: PendingEvents
+    ) -> Restored | None:
+        """Restore one Pod, or return None when the Pod disappeared; its Event goes to
+        ``events``."""
         key = patches.pod_key(pod)
         extra = {"node": node, "pod": key, "incident": incident}
         text = patches.pod_annotations(pod)[CUT_ANNOTATION]
@@ -169,8 +174,6 @@ class PodCuts:
             return None
         pod = outcome[0]
         note = f"Traffic restored by the isolator after incident {incident}"
-        await self._writer.emit_pod_event(
-            pod, patches.RESTORE_REASON, "Restore", note, warning=False
-        )
+        events.add(pod, patches.RESTORE_REASON, "Restore", note, warning=False)
         logger.info("Pod restored", extra=extra)
         return Restored(key, pod, was_ready)

@@ -9,6 +9,7 @@ so restore is exact and a restarted isolator rebuilds its state from those recor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from isolator.sources.kubernetes.pods import CutRequest, PodCuts, Restored
 from isolator.sources.kubernetes.readback import EndpointReader, name_pods
 from isolator.sources.kubernetes.recorded import RecordedIsolation
 from isolator.sources.kubernetes.selectorless import NODE_OWNER, POD_OWNER, SelectorlessEndpoints
-from isolator.sources.kubernetes.writes import PodWriter, log_conflict
+from isolator.sources.kubernetes.writes import PendingEvents, PodWriter, log_conflict
 
 logger = logging.getLogger(__name__)
 
@@ -287,8 +288,10 @@ class KubernetesSource:
             )
             return ActionResult(node, tuple(planned), False, detail, scope=request.scope.value)
 
+        events = PendingEvents(self._writer)
+
         async def cut(pod: Json) -> str | None:
-            return await self._pods.cut(pod, request, node=node)
+            return await self._pods.cut(pod, request, node=node, events=events)
 
         changed = await self._writer.for_each(pods, cut, f"cut {subject}", node)
         changed_keys = tuple(sorted(key for key in changed if key))
@@ -301,10 +304,13 @@ class KubernetesSource:
                 f"Traffic cut to {len(changed_keys)} Pods ({request.scope.value} scope) for "
                 f"incident {request.incident}: {request.reason}"
             )
-            await self._writer.emit_node_event(node, patches.CUT_REASON, "Cut", note, warning=True)
+            events.add_node(node, patches.CUT_REASON, "Cut", note, warning=True)
 
         keys = [patches.pod_key(pod) for pod in pods]
-        verified, seen = await self._read_back_cut(keys, request, node=node)
+        # The Events are created while the cut is read back: neither waits for the other.
+        (verified, seen), _ = await asyncio.gather(
+            self._read_back_cut(keys, request, node=node), events.flush()
+        )
         namespaces = {patches.split_pod_key(key)[0] for key in keys}
         pending = await self._endpoints.pending(namespaces, owner=owner, cut=True)
         if pending:
@@ -358,10 +364,7 @@ class KubernetesSource:
                 extra={"node": node, "pods": name_pods(sorted(map(patches.pod_key, reverted)))},
             )
 
-            async def cut(pod: Json) -> str | None:
-                return await self._pods.cut(pod, request, node=node)
-
-            await self._writer.for_each(reverted, cut, f"cut node {node} again", node)
+            await self._cut_again(reverted, request, node)
             reapplied += 1
         if reapplied:
             seen = (
@@ -369,6 +372,15 @@ class KubernetesSource:
                 f"(at most {MAX_REAPPLY})"
             )
         return verified, seen
+
+    async def _cut_again(self, pods: Sequence[Json], request: CutRequest, node: str) -> None:
+        events = PendingEvents(self._writer)
+
+        async def cut(pod: Json) -> str | None:
+            return await self._pods.cut(pod, request, node=node, events=events)
+
+        await self._writer.for_each(pods, cut, f"cut node {node} again", node)
+        await events.flush()
 
     async def _reverted(self, keys: Sequence[str], node: str) -> list[Json]:
         """Return the Pods among ``keys`` that carry a record but whose status is not cut."""
@@ -451,8 +463,10 @@ class KubernetesSource:
             )
             return ActionResult(node, tuple(planned), verified=False, detail=detail)
 
+        events = PendingEvents(self._writer)
+
         async def restore(pod: Json) -> Restored | None:
-            return await self._pods.restore(pod, node=node, incident=incident)
+            return await self._pods.restore(pod, node=node, incident=incident, events=events)
 
         outcomes = await self._writer.for_each(pods, restore, f"restore {subject}", node)
         restored = [outcome for outcome in outcomes if outcome is not None]
@@ -461,15 +475,14 @@ class KubernetesSource:
         objects = await self._endpoints.restore(namespaces, owner=owner, note=note)
         if keys and owner.startswith(NODE_OWNER):
             note = f"Traffic restored to {len(keys)} Pods after incident {incident}"
-            await self._writer.emit_node_event(
-                node, patches.RESTORE_REASON, "Restore", note, warning=False
-            )
+            events.add_node(node, patches.RESTORE_REASON, "Restore", note, warning=False)
 
         expected = await self._reader.expected_ready(
             [outcome.pod for outcome in restored if outcome.was_ready]
         )
-        verified, seen = await self._reader.read_back(
-            expected, ready=True, timeout_s=self._verify_timeout_s
+        (verified, seen), _ = await asyncio.gather(
+            self._reader.read_back(expected, ready=True, timeout_s=self._verify_timeout_s),
+            events.flush(),
         )
         pending = await self._endpoints.pending(namespaces, owner=owner, cut=False)
         if pending:

@@ -159,6 +159,43 @@ class PodWriter:
             )
 
 
+class PendingEvents:
+    """Pod Events held back until an action's writes are done, then created together.
+
+    Events are not on the traffic path, so a cut writes every Pod first and creates the
+    Events while it reads the cut back.
+    """
+
+    def __init__(self, writer: PodWriter) -> None:
+        self._writer = writer
+        self._pods: list[tuple[Json, str, str, str, bool]] = []
+        self._nodes: list[tuple[str, str, str, str, bool]] = []
+
+    def add(self, pod: Json, reason: str, action: str, note: str, *, warning: bool) -> None:
+        self._pods.append((pod, reason, action, note, warning))
+
+    def add_node(self, node: str, reason: str, action: str, note: str, *, warning: bool) -> None:
+        self._nodes.append((node, reason, action, note, warning))
+
+    async def flush(self) -> None:
+        """Create every held Event, at most MAX_CONCURRENT_PODS at once; failures are logged."""
+        pods, self._pods = self._pods, []
+        nodes, self._nodes = self._nodes, []
+        limit = asyncio.Semaphore(MAX_CONCURRENT_PODS)
+
+        async def pod_event(pod: Json, reason: str, action: str, note: str, warn: bool) -> None:
+            async with limit:
+                await self._writer.emit_pod_event(pod, reason, action, note, warning=warn)
+
+        async def node_event(node: str, reason: str, action: str, note: str, warn: bool) -> None:
+            async with limit:
+                await self._writer.emit_node_event(node, reason, action, note, warning=warn)
+
+        await asyncio.gather(
+            *(pod_event(*item) for item in pods), *(node_event(*item) for item in nodes)
+        )
+
+
 def log_conflict(pod: Json, attempt: int) -> None:
     logger.info(
         "Pod changed since it was read, reading it again",
