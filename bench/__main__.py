@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import shlex
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--profile-s", type=float, help="seconds of py-spy sampling at the largest count; 0: off")
     add("--connections", type=int, default=128, help="connections of the load generator")
     add("--seed", type=int, default=1, help="seed of the random pauses between crashes")
+    add(
+        "--rewrite-docs",
+        action="store_true",
+        help="measure nothing: write the page and plots again from the JSON report at --report",
+    )
     return parser
 
 
@@ -222,6 +228,8 @@ def _print_weak_link(result: WeakLinkResult) -> None:
 
 async def run(args: argparse.Namespace, profile: str) -> Results:
     command = shlex.join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]])
+    if os.environ.get("MAKELEVEL"):
+        command += "  # run by make bench"
     results = Results(
         command=command,
         profile=profile,
@@ -265,18 +273,25 @@ async def run(args: argparse.Namespace, profile: str) -> Results:
 
 def write_outputs(results: Results, report_path: Path, docs_path: Path) -> dict[str, Any]:
     """Write the JSON report, the plots and the page; return the report."""
-    import json
-
     report = build_report(results)
     report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_docs(report, docs_path)
+    return report
+
+
+def write_docs(report: dict[str, Any], docs_path: Path) -> None:
+    """Draw the plots and write the page, keeping the page's analysis section."""
     plots = write_plots(report, docs_path.parent / "bench")
     analysis = markdown.kept_analysis(docs_path)
     docs_path.write_text(markdown.render(report, plots, analysis))
-    return report
 
 
 def main() -> int:
     args = build_parser().parse_args()
+    if args.rewrite_docs:
+        write_docs(json.loads(Path(args.report).read_text()), Path(args.docs))
+        print(f"{args.docs} written again from {args.report}")
+        return 0
     profile = _resolve(args)
     if os.geteuid() != 0 and {"crash", "weak-link"} & set(args.sections):
         print("the lab needs root: it creates network namespaces", file=sys.stderr)

@@ -251,12 +251,12 @@ def _heartbeats(report: Mapping[str, Any], plots: Sequence[str]) -> str:
     lines = [
         "## 3. Heartbeat ingest",
         "",
-        "Each node count runs on a fresh lab: a real control plane whose API server holds one "
-        "Node per simulated node (KWOK leaves them alone, so no kubelet simulation loads the "
-        "machine), a simulated estate process that answers every node's probe on its own "
+        "Each node count runs on a fresh lab. A real control plane's API server holds one "
+        "Node per simulated node, and KWOK leaves them alone, so no kubelet simulation loads "
+        "the machine. A simulated estate process answers every node's probe on its own "
         f"loopback address and serves one federation endpoint per region of {REGION_SIZE} "
-        f"nodes, a central Prometheus federating it every {FEDERATION_INTERVAL_S} s, and "
-        "`isolator serve` with its default settings. The load generator is its own process: "
+        f"nodes, a central Prometheus federates it every {FEDERATION_INTERVAL_S} s, and "
+        "`isolator serve` runs with its default settings. The load generator is its own process: "
         "open-loop, round-robin over the nodes, over a pool of keep-alive connections. A "
         f"rate passes with no failed request, at least {ACHIEVED_FRACTION:.0%} of the offered "
         f"rate achieved and a p99 under {MAX_P99_MS:g} ms, measured by the sender from request "

@@ -599,8 +599,8 @@ async def search_rates(lab: ScaleLab, run: ScaleRun, options: ScaleOptions) -> N
     """Offer each rate in turn until one fails; the last that passed is the maximum."""
     for rate in options.rates:
         step = await lab.measured_step(rate, options.step_s)
-        passed, why = step_passed(step, rate)
-        step["passed"], step["failure"] = passed, why
+        passed, failure = step_passed(step, rate)
+        step["passed"], step["failure"] = passed, failure
         run.steps.append(step)
         print(f"  {run.nodes} nodes: {'pass' if passed else 'FAIL'} {_step_line(step)}", flush=True)
         if not passed:
