@@ -63,7 +63,7 @@ FULL = Preset(
     upstream_crashes=5,
     weak_link_s=600.0,
     node_counts="1000,3000,10000",
-    rates="250,500,1000,1500,2000,3000,4000,6000,8000,10000,12000",
+    rates="100,250,500,1000,1500,2000,3000,4000,6000,8000,10000,12000",
     steady_s=20.0,
     step_s=10.0,
     profile_s=10.0,
@@ -73,7 +73,7 @@ SMOKE = Preset(
     upstream_crashes=3,
     weak_link_s=60.0,
     node_counts="300,1000",
-    rates="250,500,1000,2000,4000",
+    rates="100,250,500,1000,2000,4000",
     steady_s=10.0,
     step_s=5.0,
     profile_s=5.0,
@@ -185,7 +185,8 @@ async def _lab_sections(
     async with Lab(spec) as lab, ApiServer(lab.kubeconfig) as apiserver:
         if "crash" in args.sections:
             print(f"crash: {args.crashes} isolator crashes", flush=True)
-            results.crashes = await run_crashes(lab, apiserver, args.crashes, rng)
+            results.crashes = []
+            await run_crashes(lab, apiserver, args.crashes, rng, results.crashes)
         upstream = None
         if "crash" in args.sections:
             print(f"crash: {args.upstream_crashes} upstream crashes, in the background", flush=True)

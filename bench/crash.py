@@ -122,11 +122,14 @@ async def crash_once(
 
 
 async def run_crashes(
-    lab: Lab, apiserver: ApiServer, count: int, rng: random.Random
-) -> list[CrashResult]:
-    """Crash ``count`` nodes one after another, each recovered before the next."""
+    lab: Lab, apiserver: ApiServer, count: int, rng: random.Random, results: list[CrashResult]
+) -> None:
+    """Crash ``count`` nodes one after another, each recovered before the next.
+
+    Each result is appended to ``results`` as soon as it is measured, so the crashes before an
+    error are kept.
+    """
     order = crash_order(lab)
-    results: list[CrashResult] = []
     async with ReadyEndpoints(lab.ready_pods, set(lab.pods)) as watch:
         for index in range(count):
             await lab.wait_until_serving(timeout_s=SERVING_TIMEOUT_S)
@@ -140,4 +143,3 @@ async def run_crashes(
                 f"verdict {result.verdict}, wrong cuts {len(result.wrong_cut_pods)}",
                 flush=True,
             )
-    return results
