@@ -102,8 +102,23 @@ async def endpoint_slice_managers(ctx: Context) -> set[str]:
     return managers
 
 
-async def alert_states(ctx: Context, alertname: str, **labels: str) -> set[str]:
-    """Return the states (pending, firing) of an alert on the central Prometheus."""
+async def alert_states(
+    ctx: Context, alertname: str, wanted: set[str], timeout_s: float, **labels: str
+) -> set[str]:
+    """Poll the central Prometheus until an alert is in one of the ``wanted`` states (pending,
+    firing) or ``timeout_s`` passes, and return the states seen last.
+
+    The central evaluates rules on the isolator's own metrics, which it scrapes, so an alert
+    trails the verdict by a scrape and an evaluation interval.
+    """
     matchers = [f'alertname="{alertname}"', *(f'{k}="{v}"' for k, v in labels.items())]
-    series: list[dict[str, Any]] = await ctx.query_central(f"ALERTS{{{', '.join(matchers)}}}")
-    return {str(item["metric"].get("alertstate")) for item in series}
+    states: set[str] = set()
+
+    async def in_wanted_state() -> bool:
+        series = await ctx.query_central(f"ALERTS{{{', '.join(matchers)}}}")
+        states.clear()
+        states.update(str(item["metric"].get("alertstate")) for item in series)
+        return bool(states & wanted)
+
+    await wait_for(in_wanted_state, timeout_s)
+    return states

@@ -178,8 +178,23 @@ class Context:
     def say(self, text: str) -> None:
         self.timeline.say(text)
 
+    async def get(self, path: str, attempts: int = 3) -> Any:
+        """GET from the isolator API, trying again after a timeout or a connection error.
+
+        A loaded lab (or the isolator under libfaketime) sometimes needs longer than one
+        request's timeout to respond.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.lab.get(path)
+            except (aiohttp.ClientError, TimeoutError):
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(POLL_S)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
     async def audit(self) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = await self.lab.get("/v1/audit")
+        records: list[dict[str, Any]] = await self.get("/v1/audit")
         return records
 
     async def actions_since(self, count_before: int, node: str) -> Counter[str]:
@@ -208,9 +223,9 @@ class Context:
         missing: dict[str, Any] = {}
 
         async def settled() -> bool:
-            verdicts = await self.lab.node_verdicts()
+            verdicts = {item["node"]: item["verdict"] for item in await self.get("/v1/nodes")}
             missing["nodes"] = {n: v for n, v in verdicts.items() if v != "healthy"}
-            missing["isolations"] = [i.get("target") for i in await self.lab.get("/v1/isolations")]
+            missing["isolations"] = [i.get("target") for i in await self.get("/v1/isolations")]
             missing["pods"] = sorted(set(self.lab.pods) - self.watch.ready)
             missing["region_actions"] = await self._unrestored_region_actions()
             return not any(missing.values())
@@ -238,6 +253,8 @@ class VerdictRecorder:
         self.regions: dict[str, Counter[str]] = {}
         self.global_verdicts: Counter[str] = Counter()
         self.region_changes: Counter[str] = Counter()
+        # Why nodes were not healthy: "verdict: reason" up to the first colon of the reason.
+        self.reasons: Counter[str] = Counter()
         self._last_region: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -257,8 +274,11 @@ class VerdictRecorder:
             await asyncio.sleep(POLL_S * 2)
 
     async def sample(self) -> None:
-        for node, verdict in (await self._lab.node_verdicts()).items():
+        for item in await self._lab.get("/v1/nodes"):
+            node, verdict = item["node"], item["verdict"]
             self.nodes.setdefault(node, Counter())[verdict] += 1
+            if verdict != "healthy":
+                self.reasons[f"{verdict}: {str(item['reason']).split(':')[0]}"] += 1
         for region, verdict in (await self._lab.region_verdicts()).items():
             self.regions.setdefault(region, Counter())[verdict] += 1
             if self._last_region.get(region, verdict) != verdict:

@@ -231,6 +231,7 @@ async def weak_link(ctx: Context, index: int = 0, loss_pct: float = 10.0) -> Sce
         if ctx.lab.nodes.get(node) == name
     }
     report.observed["region_verdicts"] = dict(recorder.regions.get(name, {}))
+    report.observed["not_healthy_reasons"] = dict(recorder.reasons.most_common(5))
     report.observed["region_verdict_changes"] = recorder.region_changes[name]
     report.verdict = (await ctx.lab.region_verdicts()).get(name, "unknown")
     await expect_no_cut(ctx, report, fault, audit_before)
@@ -262,6 +263,7 @@ async def half_open_link(ctx: Context, node: str = "r2-n03") -> ScenarioReport:
     during = await ctx.lab.get(f"/v1/nodes/{node}")
     report.observed["probe_failures"] = during["evidence"]["probe_failures"]
     report.observed["verdicts"] = dict(recorder.nodes.get(node, {}))
+    report.observed["not_healthy_reasons"] = dict(recorder.reasons.most_common(3))
     await expect_no_cut(ctx, report, fault, audit_before)
     report.check("probes failed", during["evidence"]["probe_failures"] > 0)
     report.check("never failed", not recorder.node_saw(node, "failed"))
@@ -277,7 +279,9 @@ async def half_open_link(ctx: Context, node: str = "r2-n03") -> ScenarioReport:
     back = await wait_for(healthy_both_ways, ctx.timings.recovery_s)
     took = round(loop.time() - healed, 2)
     report.observed["healthy_after_heal_s"] = took
-    report.verdict = (await ctx.lab.node_verdicts()).get(node, "unknown")
+    after = await ctx.get(f"/v1/nodes/{node}")
+    report.verdict = after["verdict"]
+    report.observed["reason_after_heal"] = after["reason"]
     limit = 2 * ctx.timings.heartbeat_interval_s
     ctx.say(f"{node}: probes answered and healthy {took} s after the heal")
     report.check(f"healthy within {limit:g} s of the heal", back and took <= limit)
@@ -301,7 +305,13 @@ async def broken_federation(ctx: Context, index: int = 2) -> ScenarioReport:
         await hold(ctx.timings.observe_s)
     report.verdict = (await ctx.lab.region_verdicts()).get(name, "unknown")
     verdicts = await ctx.lab.node_verdicts()
-    states = await alert_states(ctx, "IsolatorMonitoringPathDegraded", region=name)
+    states = await alert_states(
+        ctx,
+        "IsolatorMonitoringPathDegraded",
+        {"pending", "firing"},
+        ctx.timings.cut_deadline_s,
+        region=name,
+    )
     report.observed["alert_states"] = sorted(states)
     await expect_no_cut(ctx, report, fault, audit_before)
     report.check("verdict monitoring_degraded", report.verdict == "monitoring_degraded")
@@ -342,7 +352,9 @@ async def central_fault(ctx: Context, all_links_down: bool) -> ScenarioReport:
     status = await ctx.lab.get("/v1/status")
     nodes = await ctx.lab.get("/v1/nodes")
     report.verdict = status["verdict"]
-    states = await alert_states(ctx, "IsolatorFailSafeEngaged")
+    states = await alert_states(
+        ctx, "IsolatorFailSafeEngaged", {"firing"}, ctx.timings.cut_deadline_s
+    )
     report.observed["alert_states"] = sorted(states)
     report.observed["reason"] = status["reason"]
     await expect_no_cut(ctx, report, fault, audit_before)
@@ -421,12 +433,12 @@ async def wall_clock_step(ctx: Context, offset_s: float = WALL_CLOCK_STEP_S) -> 
         ctx.say(f"isolator wall clock at real time {offset / 3600:+g} h")
         async with VerdictRecorder(ctx.lab) as recorder:
             await hold(ctx.timings.observe_s / 2)
-        nodes = await ctx.lab.get("/v1/nodes")
+        nodes = await ctx.get("/v1/nodes")
         skews.append(max(abs(n["evidence"]["clock_skew_s"] or 0.0) for n in nodes))
         unhealthy |= {n for n, counts in recorder.nodes.items() if set(counts) != {"healthy"}}
     report.observed["max_clock_skew_s"] = [round(s, 1) for s in skews]
     report.observed["not_always_healthy"] = sorted(unhealthy)
-    report.verdict = (await ctx.lab.get("/v1/status"))["verdict"]
+    report.verdict = (await ctx.get("/v1/status"))["verdict"]
     await expect_no_cut(ctx, report, fault, audit_before)
     report.check("step seen as clock skew", abs(skews[0] - offset_s) < 60)
     report.check("every node healthy throughout", not unhealthy)

@@ -137,7 +137,9 @@ async def burst_over_budget(ctx: Context, index: int = 0) -> ScenarioReport:
     await hold(ctx.timings.cut_deadline_s)
     holds = await ctx.lab.get("/v1/regions")
     reasons = [r for item in holds if item["region"] == name for r in item["holds"]]
-    states = await alert_states(ctx, "IsolatorSafetyBudgetExhausted")
+    states = await alert_states(
+        ctx, "IsolatorSafetyBudgetExhausted", {"pending", "firing"}, ctx.timings.cut_deadline_s
+    )
     report.observed["holds"] = sorted(set(reasons))
     report.observed["alert_states"] = sorted(states)
     await expect_no_cut(ctx, report, fault, audit_before)
