@@ -211,9 +211,14 @@ def _cut_one(
 _SCOPE_ORDER = (CutScope.INGRESS, CutScope.COMPONENT, CutScope.NODE)
 
 
+# Components that are the node's kubelet. A dead kubelet cannot recompute Ready from the gate,
+# so its failure needs the whole-node cut that sets Ready itself.
+KUBELET_COMPONENTS = frozenset({"kubelet", "edgecore"})
+
+
 def cut_scope(component: str | None, ingress_components: Sequence[str]) -> CutScope:
     """Return the scope of a cut for a node whose ``component`` failed (None: the whole node)."""
-    if component is None:
+    if component is None or component in KUBELET_COMPONENTS:
         return CutScope.NODE
     if component in ingress_components:
         return CutScope.INGRESS

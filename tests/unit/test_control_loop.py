@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from isolator.engine.decide import cut_scope
+from isolator.engine.ports import CutScope
 from isolator.model import GlobalVerdict, NodeVerdict, RegionVerdict
 from tests.unit.harness import Harness
 
@@ -250,3 +252,18 @@ async def test_node_series_published_and_forgotten() -> None:
     await harness.run_for(0.5)
 
     assert registry.get_sample_value("isolator_node_verdict_info", labels) is None
+
+
+@pytest.mark.parametrize(
+    ("component", "scope"),
+    [
+        (None, CutScope.NODE),
+        ("kubelet", CutScope.NODE),
+        ("edgecore", CutScope.NODE),
+        ("kube-proxy", CutScope.COMPONENT),
+        ("ingress", CutScope.INGRESS),
+    ],
+    ids=["whole-node", "kubelet", "edgecore", "kube-proxy", "ingress"],
+)
+def test_cut_scope_by_failed_component(component: str | None, scope: CutScope) -> None:
+    assert cut_scope(component, ("ingress", "ingress-controller")) is scope
