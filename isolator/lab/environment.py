@@ -448,8 +448,7 @@ class Lab:
             self.work_dir / "logs" / f"agent-{node}.log",
             env=env,
         )
-        agent.start()
-        self.agents[node] = agent
+        self._replace(self.agents, node, agent)
 
     def start_node_sim(self, node: str) -> None:
         """Start (or restart) the simulated components of ``node`` inside its region."""
@@ -459,8 +458,19 @@ class Lab:
         process = ManagedProcess(
             f"nodesim-{node}", network.wrap(argv), self.work_dir / "logs" / f"nodesim-{node}.log"
         )
-        process.start()
-        self.node_sims[node] = process
+        self._replace(self.node_sims, node, process)
+
+    @staticmethod
+    def _replace(processes: dict[str, ManagedProcess], node: str, new: ManagedProcess) -> None:
+        """Stop the node's previous process, if any is still running, then start ``new``.
+
+        A running process that is only forgotten keeps serving as the node and is never reaped.
+        """
+        previous = processes.get(node)
+        if previous is not None:
+            previous.stop(timeout_s=2.0)
+        new.start()
+        processes[node] = new
 
     async def crash_node(self, node: str) -> None:
         """Crash a node: its agent and components are killed and the Node is marked down."""
