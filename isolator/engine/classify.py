@@ -139,11 +139,11 @@ def classify(
 ) -> Assessment:
     """Judge every node, every region and the estate as a whole."""
     node_verdicts = {name: classify_node(ev, now, limits) for name, ev in nodes.items()}
+    by_region: dict[str, list[NodeAssessment]] = {region: [] for region in regions}
+    for verdict in node_verdicts.values():
+        by_region.setdefault(verdict.region, []).append(verdict)
     region_verdicts = {
-        region: classify_region(
-            ev, (n for n in node_verdicts.values() if n.region == region), limits
-        )
-        for region, ev in regions.items()
+        region: classify_region(ev, by_region[region], limits) for region, ev in regions.items()
     }
     # A region counts as dark when most of its nodes are silent, confirmed dead or not: all
     # sites failing together is far likelier a central fault than many independent ones.

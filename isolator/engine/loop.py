@@ -375,9 +375,13 @@ class Controller:
     def _publish(self, assessment: Assessment) -> None:
         self._metrics.fail_safe.set(int(assessment.verdict is GlobalVerdict.FAIL_SAFE))
         self._metrics.isolated_nodes.set(len(self.isolations))
+        counts: dict[str, Counter[NodeVerdict]] = {
+            region: Counter() for region in assessment.regions
+        }
+        for node in assessment.nodes.values():
+            counts.setdefault(node.region, Counter())[node.verdict] += 1
         for region, verdict in assessment.regions.items():
-            counts = Counter(n.verdict for n in assessment.nodes.values() if n.region == region)
-            self._metrics.set_region(region, verdict.verdict, dict(counts))
+            self._metrics.set_region(region, verdict.verdict, dict(counts[region]))
         now = self._clock.monotonic()
         for name, node in assessment.nodes.items():
             self._metrics.set_node(node, self.store.nodes[name], now)
