@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 
 from isolator.lab.scenarios.checks import (
     ENDPOINT_CONTROLLER,
@@ -168,7 +169,17 @@ async def region_partition(ctx: Context, index: int = 2) -> ScenarioReport:
     await expect_no_cut(ctx, report, fault, audit_before, region_actions_allowed=True)
     report.check("verdict partitioned", report.verdict == "partitioned")
     others = {r: v for r, v in regions.items() if r != name}
-    report.check("other regions normal", set(others.values()) == {"normal"})
+    report.observed["other_regions"] = others
+    # A lost federation scrape elsewhere may flip another region to monitoring_degraded for
+    # a moment; the partition must never spread to it.
+    report.check(
+        "other regions never partitioned",
+        not any(recorder.region_saw(r, "partitioned") for r in others),
+    )
+    other_nodes = [n for n, r in ctx.lab.nodes.items() if r != name]
+    report.check(
+        "no node failed elsewhere", not any(recorder.node_saw(n, "failed") for n in other_nodes)
+    )
     report.check("never fail-safe", not recorder.global_verdicts["fail_safe"])
 
     ctx.lab.heal(name)
@@ -427,7 +438,8 @@ async def wall_clock_step(ctx: Context, offset_s: float = WALL_CLOCK_STEP_S) -> 
     audit_before = len(await ctx.audit())
     fault = start(report)
     skews: list[float] = []
-    unhealthy: set[str] = set()
+    reasons: Counter[str] = Counter()
+    failed_or_fail_safe = False
     for offset in (offset_s, 0.0):
         ctx.lab.step_isolator_wall_clock(offset)
         ctx.say(f"isolator wall clock at real time {offset / 3600:+g} h")
@@ -435,13 +447,18 @@ async def wall_clock_step(ctx: Context, offset_s: float = WALL_CLOCK_STEP_S) -> 
             await hold(ctx.timings.observe_s / 2)
         nodes = await ctx.get("/v1/nodes")
         skews.append(max(abs(n["evidence"]["clock_skew_s"] or 0.0) for n in nodes))
-        unhealthy |= {n for n, counts in recorder.nodes.items() if set(counts) != {"healthy"}}
+        reasons.update(recorder.reasons)
+        failed_or_fail_safe |= bool(recorder.global_verdicts["fail_safe"]) or any(
+            recorder.node_saw(n, "failed") for n in ctx.lab.nodes
+        )
     report.observed["max_clock_skew_s"] = [round(s, 1) for s in skews]
-    report.observed["not_always_healthy"] = sorted(unhealthy)
+    # Under libfaketime the isolator is slow enough that a loaded lab may see a heartbeat
+    # late now and then; a step read as elapsed time would silence every node at once.
+    report.observed["not_healthy_reasons"] = dict(reasons.most_common(5))
     report.verdict = (await ctx.get("/v1/status"))["verdict"]
     await expect_no_cut(ctx, report, fault, audit_before)
     report.check("step seen as clock skew", abs(skews[0] - offset_s) < 60)
-    report.check("every node healthy throughout", not unhealthy)
+    report.check("no node failed, never fail-safe", not failed_or_fail_safe)
     report.check("verdict normal", report.verdict == "normal")
 
     await ctx.lab.restart_isolator(fake_clock=False)
