@@ -180,10 +180,11 @@ class Settings(BaseSettings):
         ),
     )
     grey_scoring: bool = Field(
-        True,
+        False,
         description=(
             "Score nodes for grey failure with the learned model. The model only makes healthy "
-            "nodes suspect; it never causes a cut."
+            "nodes suspect; it never causes a cut. Off by default: it was trained on simulated "
+            "data only, and a half-open link's dropped probes still read as grey to it."
         ),
     )
     grey_model_path: str | None = Field(

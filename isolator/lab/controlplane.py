@@ -13,7 +13,6 @@ import datetime
 import ipaddress
 import logging
 import shutil
-import socket
 import ssl
 import subprocess
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from isolator.clock import Clock, SystemClock
 from isolator.lab.cluster import KUBELET_LABEL, KUBELET_STOPPED
+from isolator.lab.monitoring import free_port
 from isolator.lab.process import ManagedProcess, ProcessFailedError, log_tail
 
 logger = logging.getLogger(__name__)
@@ -251,16 +251,12 @@ def _free_ports(count: int) -> list[int]:
     NOTE: another process can take a port between this call and the server's bind. The start
     then fails with the server's "address already in use" in the ProcessFailedError.
     """
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
 
 
 # --- the control plane --------------------------------------------------------------------------
