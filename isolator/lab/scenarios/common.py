@@ -16,6 +16,8 @@ import aiohttp
 from isolator.lab.environment import Lab
 
 POLL_S = 0.1
+# How a node verdict's reason starts when only the grey-failure model made it suspect.
+GREY_SUSPECT_REASON = "grey failure suspected"
 
 
 def iso_time(wall: float | None) -> str | None:
@@ -218,13 +220,16 @@ class Context:
     async def wait_restored(self) -> bool:
         """Wait until every node is healthy, every Pod serves and nothing is isolated.
 
-        When that does not happen in time, ``unsettled`` describes what was still missing.
+        A node that only the grey-failure model calls suspect counts as healthy here: the
+        model scores nodes against their peers, and on a loaded lab machine it flags a live
+        node now and then. When that does not happen in time, ``unsettled`` describes what
+        was still missing.
         """
         missing: dict[str, Any] = {}
 
         async def settled() -> bool:
-            verdicts = {item["node"]: item["verdict"] for item in await self.get("/v1/nodes")}
-            missing["nodes"] = {n: v for n, v in verdicts.items() if v != "healthy"}
+            nodes = await self.get("/v1/nodes")
+            missing["nodes"] = {n["node"]: n["verdict"] for n in nodes if not _rules_healthy(n)}
             missing["isolations"] = [i.get("target") for i in await self.get("/v1/isolations")]
             missing["pods"] = sorted(set(self.lab.pods) - self.watch.ready)
             missing["region_actions"] = await self._unrestored_region_actions()
@@ -242,6 +247,13 @@ class Context:
             if not record["node"]:
                 actions[str(record["action"])] += 1
         return actions["cut"] - actions["restore"]
+
+
+def _rules_healthy(node: dict[str, Any]) -> bool:
+    """Return whether a node view is healthy, or suspect only by its grey-failure score."""
+    if node["verdict"] == "healthy":
+        return True
+    return node["verdict"] == "suspect" and str(node["reason"]).startswith(GREY_SUSPECT_REASON)
 
 
 class VerdictRecorder:
