@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/isolator demo --report $(REPORT) --scenarios $(SCENARIOS)
 
 test: setup
-	$(BIN)/pytest -n $(WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(WORKERS) --dist loadfile
 
 unit: python
 	$(BIN)/pytest tests/unit
