@@ -31,7 +31,7 @@ class Heartbeat(BaseModel):
     components: dict[ComponentName, bool] = Field(
         default_factory=dict,
         max_length=32,
-        description="Health of each checked component on the node: true while it answers.",
+        description="Health of each checked component on the node: true while it responds.",
     )
     ingress_ok: bool | None = Field(
         None, description="Result of the latest request through the node's ingress."

@@ -17,11 +17,11 @@ from isolator.model import Assessment, GlobalVerdict, NodeVerdict, RegionVerdict
 
 
 class Kind(enum.StrEnum):
-    """What a decision asks for."""
+    """The kind of a decision."""
 
     CUT = "cut"
     RESTORE = "restore"
-    HOLD = "hold"  # a cut the evidence asks for but a safety check forbids
+    HOLD = "hold"  # a cut the evidence calls for but a safety check forbids
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +52,7 @@ class Policy:
 
 @dataclass(slots=True)
 class Memory:
-    """What decisions remember between passes, on the monotonic clock."""
+    """State that decisions keep between passes, on the monotonic clock."""
 
     started_at: float
     failed_since: dict[str, float] = field(default_factory=dict)

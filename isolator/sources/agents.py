@@ -21,7 +21,7 @@ class AgentProber:
             await self._session.close()
 
     async def probe(self, node: str, url: str) -> bool:
-        """Return True when the agent at ``url`` answers as ``node``; any failure is False."""
+        """Return True when the agent at ``url`` responds as ``node``; any failure is False."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:

@@ -30,7 +30,7 @@ FAST: dict[str, Any] = {
 
 @dataclass
 class Harness:
-    """Simulated estate: every node beats and scrapes up unless the test says otherwise."""
+    """Simulated estate: every node beats and scrapes up unless the test sets otherwise."""
 
     controller: Controller
     cluster: FakeCluster
