@@ -119,13 +119,16 @@ async def isolations(lab: Lab) -> dict[str, dict[str, Any]]:
 
 async def test_api_rejects_missing_and_wrong_tokens(lab: Lab) -> None:
     body = {"reason": "not allowed"}
-    async with aiohttp.ClientSession() as session:
-        anonymous = await session.get(f"{lab.isolator_url}/v1/status")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{lab.isolator_url}/v1/status") as response,
+    ):
+        anonymous = response.status
     viewer, _ = await post(lab, "/v1/isolations/nodes/r1-n03", body, lab.tokens.viewer)
     agent, _ = await post(lab, "/v1/heartbeats", body, lab.tokens.agents["r1-n01"])
     stranger, _ = await post(lab, "/v1/isolations/nodes/r1-n03", body, "not-a-token" * 3)
 
-    assert anonymous.status == 401
+    assert anonymous == 401
     assert viewer == 403
     assert agent == 422, "a valid agent token gets as far as the body check"
     assert stranger == 401

@@ -231,7 +231,8 @@ async def test_partitioned_region_split_and_rejoined(
         assert split.verified, split.detail
         moved = await read_spec(api, namespace, "portal")
         assert moved["defaultBackend"]["service"]["name"] == "fallback"
-        assert set(harness.controller.splits) == {regions[0]}
+        # Other tests share the control plane; only this test's regions are its concern.
+        assert set(harness.controller.splits) & set(regions) == {regions[0]}
 
         harness.silent.clear()
         harness.dark_regions.clear()

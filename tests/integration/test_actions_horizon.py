@@ -105,7 +105,8 @@ async def source(control_plane: ControlPlane) -> AsyncIterator[KubernetesSource]
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def cloud(api: ApiClient) -> Cloud:
+async def cloud(api: ApiClient) -> AsyncIterator[Cloud]:
+    """Yield the namespace, then delete its Ingresses so no split record outlives the test."""
     suffix = uuid.uuid4().hex[:8]
     found = Cloud(f"cloud-{suffix}", f"north-{suffix}", f"south-{suffix}")
     await cluster.create_namespace(api, found.namespace)
@@ -119,7 +120,8 @@ async def cloud(api: ApiClient) -> Cloud:
     ]
     for body in bodies:
         await networking.create_namespaced_ingress(found.namespace, body)
-    return found
+    yield found
+    await networking.delete_collection_namespaced_ingress(found.namespace)
 
 
 async def test_split_moves_region_routes_to_fallback(

@@ -284,9 +284,11 @@ async def test_partition_leaves_stale_federated_series(
     loop = asyncio.get_running_loop()
     age_query = 'time() - timestamp(up{job="isolator-agent"})'
 
+    expected = {(region, node) for region, nodes in agent_targets.items() for node in nodes}
+
     async def fresh_everywhere() -> list[dict[str, Any]] | None:
         samples = await query(monitoring.central_url, f"{age_query} < {FRESH_AGE_S}")
-        return samples if set(by_region(samples)) == set(agent_targets) else None
+        return samples if node_labels(samples) == expected else None
 
     async def federation_down() -> list[dict[str, Any]] | None:
         promql = f'up{{job="federate",region="{cut.region}"}} == 0'
