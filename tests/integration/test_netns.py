@@ -17,6 +17,7 @@ import pytest
 
 from isolator.lab.netns import (
     GUARD_ROUTE_METRIC,
+    WEAK_LINK_FILTER,
     LabLock,
     RegionNetwork,
     WeakLinkUnsupportedError,
@@ -216,16 +217,33 @@ def test_heal_restores_both_directions(regions: list[RegionNetwork], servers: Se
     assert f"dev {region.host_veth}" in root_route(region.node_ip(0))
 
 
-def test_weak_link_adds_delay(regions: list[RegionNetwork], servers: Servers) -> None:
+def test_weak_link_adds_delay_or_refuses_it_whole(
+    regions: list[RegionNetwork], servers: Servers
+) -> None:
+    """On a kernel with netem the link gets slower by the delay; on one without, the request is
+    refused before anything changes, so no test runs on a link it did not ask for."""
     region = regions[0]
     servers.start(region.node_ip(0), region)
     host, delay_ms = region.node_ip(0), 50
 
     baseline = statistics.median(connect_time_s(host, SERVER_PORT) for _ in range(5))
+    refusal = ""
     try:
-        region.set_weak_link(delay_ms=delay_ms, jitter_ms=0, loss_pct=0.0)
+        region.set_weak_link(delay_ms=delay_ms, jitter_ms=0, loss_pct=50.0)
     except WeakLinkUnsupportedError as err:
-        pytest.skip(f"delay not measured: {err}")
+        refusal = str(err)
+    if refusal:
+        assert "sch_netem" in refusal, refusal
+        ruleset = subprocess.run(
+            ["ip", "netns", "exec", region.namespace, "nft", "list", "ruleset"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert region.filters() == [], "the loss rule must not go in without its delay"
+        assert WEAK_LINK_FILTER not in ruleset, ruleset
+        return
+    region.set_weak_link(delay_ms=delay_ms, jitter_ms=0, loss_pct=0.0)
     weak = statistics.median(connect_time_s(host, SERVER_PORT) for _ in range(5))
     region.clear_weak_link()
     cleared = statistics.median(connect_time_s(host, SERVER_PORT) for _ in range(5))
