@@ -95,7 +95,9 @@ class NodeEvidence:
     site_up: SiteSample | None = None  # the edge Prometheus's `up` for this node's agent
     site_kubelet_up: SiteSample | None = None  # the edge Prometheus's `up` for its kubelet
     site_kubelet_down_scrapes: int = 0  # consecutive kubelet scrapes that found it down
-    firing_alerts: set[str] = field(default_factory=set)
+    firing_alerts: set[str] = field(default_factory=set)  # alert names, from the map below
+    # Firing alerts by fingerprint, so that one instance resolving leaves its namesakes firing.
+    firing_fingerprints: dict[str, str] = field(default_factory=dict)
     # Consecutive heartbeats that reported each component (or the ingress path) failing.
     component_failures: dict[str, int] = field(default_factory=dict)
     # Recent history for grey-failure scoring, newest last and bounded by the store.

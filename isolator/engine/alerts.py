@@ -56,7 +56,7 @@ class AlertLedger:
                 return AlertOutcome.STALE
         self._remember(key, alert.firing)
         if alert.node is None or not self._store.record_alert(
-            alert.node, alert.alertname, alert.firing
+            alert.node, alert.fingerprint, alert.alertname, alert.firing
         ):
             return AlertOutcome.UNMAPPED
         return AlertOutcome.RECORDED
@@ -74,11 +74,12 @@ class AlertLedger:
         """
         for evidence in self._store.nodes.values():
             evidence.firing_alerts.clear()
+            evidence.firing_fingerprints.clear()
         counts = {"recorded": 0, "unmapped": 0}
         for alert in alerts:
             self._remember((alert.fingerprint, alert.starts_at), alert.firing)
             mapped = alert.node is not None and self._store.record_alert(
-                alert.node, alert.alertname, alert.firing
+                alert.node, alert.fingerprint, alert.alertname, alert.firing
             )
             counts["recorded" if mapped else "unmapped"] += 1
         return counts

@@ -137,15 +137,20 @@ class EvidenceStore:
         for region, region_evidence in self.regions.items():
             region_evidence.federation_up = view.federation.get(region) if view else None
 
-    def record_alert(self, node: str, alertname: str, firing: bool) -> bool:
-        """Record an alert about a node; returns False when the node is not tracked."""
+    def record_alert(self, node: str, fingerprint: str, alertname: str, firing: bool) -> bool:
+        """Record one alert about a node; returns False when the node is not tracked.
+
+        Alerts are kept by fingerprint: several alerts may share a name on one node (one per
+        Pod or per disk, say), and one of them resolving must not hide the others.
+        """
         evidence = self.nodes.get(node)
         if evidence is None:
             return False
         if firing:
-            evidence.firing_alerts.add(alertname)
+            evidence.firing_fingerprints[fingerprint] = alertname
         else:
-            evidence.firing_alerts.discard(alertname)
+            evidence.firing_fingerprints.pop(fingerprint, None)
+        evidence.firing_alerts = set(evidence.firing_fingerprints.values())
         return True
 
 

@@ -162,6 +162,21 @@ async def test_webhook_duplicates_counted_once(client: httpx.AsyncClient) -> Non
     assert second.json()["alerts"] == {"duplicate": 1}
 
 
+async def test_webhook_one_namesake_resolving_leaves_the_other_firing(
+    client: httpx.AsyncClient, harness: Harness
+) -> None:
+    first = alert("r1-n01", fingerprint="disk-a", device="sda")
+    second = alert("r1-n01", fingerprint="disk-b", device="sdb")
+    await client.post("/v1/alerts/webhook", json=notification(first, second))
+
+    resolved = alert("r1-n01", "resolved", fingerprint="disk-a", device="sda")
+    await client.post("/v1/alerts/webhook", json=notification(resolved, second))
+
+    evidence = harness.controller.store.nodes["r1-n01"]
+    assert evidence.firing_alerts == {"NodeDown"}
+    assert evidence.firing_fingerprints == {"disk-b": "NodeDown"}
+
+
 async def test_webhook_stale_firing_after_resolved_ignored(
     client: httpx.AsyncClient, harness: Harness
 ) -> None:
