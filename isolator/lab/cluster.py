@@ -8,6 +8,7 @@ body of a PATCH as a strategic merge patch.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -306,3 +307,19 @@ async def ingress_backends(api: Api, namespace: str, name: str) -> set[str]:
     for rule in spec.rules or []:
         backends += [path.backend for path in (rule.http.paths if rule.http else [])]
     return {str(backend.service.name) for backend in backends if backend.service}
+
+
+async def events(api: Api, namespace: str) -> list[dict[str, Any]]:
+    """Return the namespace's events.k8s.io/v1 Events as plain JSON documents.
+
+    Events that core/v1 writers recorded carry no ``eventTime``, which the client's Event model
+    refuses to load, so the list is read raw.
+    """
+    async with api_client(api) as c:
+        # Without preloading, the call returns the HTTP response, not the typed list.
+        raw: Any = await client.EventsV1Api(c).list_namespaced_event(
+            namespace, _preload_content=False
+        )
+        document: dict[str, Any] = json.loads(await raw.read())
+    items: list[dict[str, Any]] = document.get("items", [])
+    return items

@@ -13,6 +13,7 @@ import pytest_asyncio
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client import ApiClient
 
+from isolator.lab import cluster
 from isolator.lab.controlplane import ControlPlane
 from isolator.sources.kubernetes import KubernetesSource
 from isolator.sources.kubernetes.selectorless import ENDPOINTS_ANNOTATION, MANAGED_BY_LABEL
@@ -196,11 +197,10 @@ async def test_cut_records_and_reports_each_object(
         assert entry["owner"] == f"node:{first}"
         assert entry["incident"] == "inc-ext-rec"
         assert entry["previous"] == {"ready": True, "serving": True}
-    events = await client.EventsV1Api(api).list_namespaced_event(external.namespace)
     touched = {
-        (e.regarding.kind, e.regarding.name, e.reason)
-        for e in events.items
-        if e.reporting_controller == "isolator"
+        (e["regarding"]["kind"], e["regarding"]["name"], e["reason"])
+        for e in await cluster.events(api, external.namespace)
+        if e.get("reportingController") == "isolator"
     }
     assert ("EndpointSlice", EXTERNAL, "IsolatorCut") in touched
     assert ("Endpoints", EXTERNAL, "IsolatorCut") in touched

@@ -172,8 +172,10 @@ async def test_split_records_original_and_emits_events(
     assert record["fallback"] == "fallback:8443"
     assert record["who"] == "carol"
     assert annotations[FALLBACK_ANNOTATION] == "fallback:8443"
-    events = await client.EventsV1Api(api).list_namespaced_event(cloud.namespace)
-    reasons = {(e.regarding.kind, e.regarding.name, e.reason) for e in events.items}
+    reasons = {
+        (e["regarding"]["kind"], e["regarding"]["name"], e["reason"])
+        for e in await cluster.events(api, cloud.namespace)
+    }
     assert ("Ingress", "annotated", "IsolatorSplitHorizon") in reasons
     recorded = {(i.kind, i.target): i for i in await source.recorded_isolations()}
     region = recorded[(TargetKind.REGION, cloud.region)]

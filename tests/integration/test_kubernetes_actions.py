@@ -110,11 +110,10 @@ async def cut_records(api: ApiClient, namespace: str) -> dict[str, str]:
 
 async def event_reasons(api: ApiClient, namespace: str) -> list[tuple[str, str, str]]:
     """Return (kind, name, reason) of every Event about objects in ``namespace``."""
-    events = await client.EventsV1Api(api).list_namespaced_event(namespace)
     return sorted(
-        (event.regarding.kind, event.regarding.name, event.reason)
-        for event in events.items
-        if event.reporting_controller == "isolator"
+        (event["regarding"]["kind"], event["regarding"]["name"], event["reason"])
+        for event in await cluster.events(api, namespace)
+        if event.get("reportingController") == "isolator"
     )
 
 
