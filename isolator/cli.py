@@ -1,4 +1,5 @@
-"""The ``isolator`` command: ``serve``, ``agent`` and ``demo``."""
+"""The ``isolator`` command: ``serve``, ``agent`` and ``demo``, and the on-call commands
+``status``, ``explain``, ``isolate`` and ``restore`` (see ``isolator.api.commands``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from isolator import logs
+from isolator.api.commands import add_commands
 from isolator.settings import AgentSettings, Settings
 
 
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios", default="main", help="scenario set to run: main (default) or all"
     )
     demo.set_defaults(run=_demo)
+    add_commands(commands)
     return parser
 
 

@@ -39,6 +39,8 @@ def node_view(controller: Controller, name: str, clock: Clock) -> dict[str, Any]
         "verdict": verdict.verdict.value if verdict else "unknown",
         "reason": verdict.reason if verdict else "no control-loop pass yet",
         "isolated": isolation is not None,
+        # The safety checks that hold this node's cut in the latest pass.
+        "holds": [d.reason for d in controller.state.holds if d.node == name],
         "evidence": {
             "heartbeat_age_s": _ago(evidence.last_heartbeat_at, now),
             "heartbeat_seq": evidence.heartbeat_seq,

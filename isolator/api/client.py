@@ -1,0 +1,183 @@
+"""An HTTP client of the isolator's API for the on-call commands of the ``isolator`` CLI.
+
+Every failure maps to one of three errors, and each carries the exit code of the command:
+``RejectedError`` (1) when the API returned an error status, ``ConnectError`` (2) when
+it could not be reached, and ``UsageError`` (2) for bad settings such as an empty token file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+URL_ENV = "ISOLATOR_URL"
+TOKEN_FILE_ENV = "ISOLATOR_TOKEN_FILE"
+# Long enough for a manual cut, whose response the API sends only after reading the cut back.
+DEFAULT_TIMEOUT_S = 30.0
+# Error bodies from a proxy in front of the API may be HTML pages; show only their start.
+MAX_ERROR_CHARS = 300
+
+
+class ClientError(Exception):
+    """A command failed; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 2
+
+
+class UsageError(ClientError):
+    """The settings of the command are invalid: URL, token file or arguments."""
+
+
+class ConnectError(ClientError):
+    """The API could not be reached, or it did not respond in time."""
+
+
+class RejectedError(ClientError):
+    """The API returned an error status; the message is the API's own."""
+
+    exit_code = 1
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful response of the API: 2xx status and decoded JSON body."""
+
+    status: int
+    body: Any
+
+
+def resolve_url(url: str | None) -> str:
+    """Return the API's base URL from ``--url``, else ISOLATOR_URL, else the default.
+
+    Raises UsageError for a URL that is not http or https with a host.
+    """
+    value = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"invalid API URL {value!r}: expected http://HOST:PORT or https://...")
+    return value.rstrip("/")
+
+
+def read_token(path: str | None) -> str | None:
+    """Read the bearer token from ``--token-file``, else ISOLATOR_TOKEN_FILE.
+
+    Returns None when neither is set, for a service that runs without authentication. Raises
+    UsageError for a file that is missing, unreadable or empty. The token itself never
+    appears in a message.
+    """
+    name = path or os.environ.get(TOKEN_FILE_ENV)
+    if not name:
+        return None
+    try:
+        token = Path(name).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise UsageError(f"cannot read token file {name}: {reason}") from None
+    if not token:
+        raise UsageError(f"token file {name} is empty")
+    if any(char.isspace() for char in token):
+        raise UsageError(f"token file {name} must contain one token on one line")
+    return token
+
+
+def segment(value: str) -> str:
+    """Quote ``value`` as one path segment, so that a name cannot reach another endpoint."""
+    return quote(value, safe="")
+
+
+def error_message(status: int, body: Any, text: str) -> str:
+    """Return the API's error message with the fields it names, for people."""
+    if not isinstance(body, dict) or "error" not in body:
+        return text.strip()[:MAX_ERROR_CHARS] or "no message"
+    message = str(body["error"])
+    problems = [
+        f"{item.get('field')}: {item.get('problem')}"
+        for item in body.get("fields") or []
+        if isinstance(item, dict)
+    ]
+    if problems:
+        message += " (" + "; ".join(problems) + ")"
+    elif body.get("field"):
+        message += f" (field: {body['field']})"
+    if body.get("leader"):
+        message += f"; the leader is {body['leader']}"
+    if status == 401:
+        message += f"; set --token-file or {TOKEN_FILE_ENV} to a file with a valid token"
+    return message
+
+
+class ApiClient:
+    """One session against the API at ``url``, used as an async context manager."""
+
+    def __init__(self, url: str, token: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.url = url
+        self._headers = {"Accept": "application/json"}
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ApiClient:
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get(self, path: str) -> Any:
+        """GET ``path`` and return its JSON body. Raises ClientError."""
+        reply = await self.request("GET", path)
+        return reply.body
+
+    async def post(self, path: str, body: dict[str, Any]) -> Reply:
+        """POST ``body`` as JSON to ``path``. Raises ClientError."""
+        return await self.request("POST", path, body)
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Reply:
+        """Send one request and return the 2xx reply. Raises RejectedError for any other
+        status and ConnectError when the API cannot be reached or times out."""
+        if self._session is None:
+            raise RuntimeError("ApiClient is used outside its async with block")
+        url = self.url + path
+        try:
+            async with self._session.request(method, url, json=body) as response:
+                text = await response.text()
+                status = response.status
+        except TimeoutError as err:
+            raise ConnectError(
+                f"no response from {self.url} within {self._timeout.total} s (--timeout)"
+            ) from err
+        except aiohttp.ClientError as err:
+            raise ConnectError(f"cannot connect to {self.url}: {err}") from err
+        decoded = _decode(text)
+        if status >= 300:
+            raise RejectedError(status, error_message(status, decoded, text))
+        if decoded is None and text.strip():
+            raise ConnectError(f"{method} {url} returned a body that is not JSON")
+        return Reply(status, decoded)
+
+
+def _decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
