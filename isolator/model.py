@@ -14,6 +14,10 @@ SERVING_CONDITION = "isolator.io/serving"
 # restarted isolator can rebuild its state from Kubernetes alone.
 CUT_ANNOTATION = "isolator.io/cut"
 
+# Service annotation that overrides ISOLATOR_MIN_READY_ENDPOINTS for that Service: the ready
+# endpoints it must keep after an automatic cut. "0" means a person accepted that it may go dark.
+MIN_READY_ANNOTATION = "isolator.io/min-ready-endpoints"
+
 # Name under which the ingress check counts among a node's components.
 INGRESS_COMPONENT = "ingress"
 

@@ -179,6 +179,17 @@ class Settings(BaseSettings):
             "were flagged than its budget allows. A person judges a site-wide event."
         ),
     )
+    min_ready_endpoints: int = Field(
+        1,
+        ge=0,
+        description=(
+            "Ready endpoints every Service must keep after an automatic cut. A cut that would "
+            "leave a Service with fewer is held whole, because a Service with no endpoint "
+            "fails every request while a failed replica fails only some. One keeps each "
+            "Service serving; the Service annotation isolator.io/min-ready-endpoints overrides "
+            "it, and 0 there lets that Service go dark. Manual isolations may override it."
+        ),
+    )
     grey_scoring: bool = Field(
         False,
         description=(

@@ -10,7 +10,8 @@
 
 An action returns 200 when reading back confirmed it (or for a dry run), 202 when it was
 written but not yet confirmed (the control loop tries the cut again), 404 for an unknown
-target, 422 for an invalid body and 502 when Kubernetes failed the request.
+target, 409 when the cut would leave a Service under its minimum of ready endpoints and the
+body does not set ``force``, 422 for an invalid body and 502 when Kubernetes failed the request.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from isolator.api.schemas import NODE_NAME_PATTERN
 from isolator.clock import Clock
 from isolator.engine.loop import Controller, Isolation
 from isolator.engine.manual import (
+    BelowMinReadyError,
     InvalidManualRequestError,
     ManualActions,
     ManualOutcome,
@@ -79,7 +81,20 @@ class IsolateRequest(RestoreRequest):
         return value
 
 
-class NodeIsolateRequest(IsolateRequest):
+class CutRequest(IsolateRequest):
+    """Body of a manual isolation that takes endpoints out: of a node or of a Pod."""
+
+    force: bool = Field(
+        False,
+        description=(
+            "Cut even when a Service would keep fewer ready endpoints than its minimum "
+            "(ISOLATOR_MIN_READY_ENDPOINTS or its isolator.io/min-ready-endpoints annotation). "
+            "The audit records the override."
+        ),
+    )
+
+
+class NodeIsolateRequest(CutRequest):
     """Body of a manual isolation of a node."""
 
     scope: Literal["node", "component", "ingress"] = Field(
@@ -142,7 +157,10 @@ def _answer(outcome: ManualOutcome, clock: Clock) -> JSONResponse:
 
 
 def _request(caller: Caller, body: RestoreRequest, ttl_s: float | None = None) -> ManualRequest:
-    return ManualRequest(who=caller.name, reason=body.reason, ttl_s=ttl_s, dry_run=body.dry_run)
+    force = isinstance(body, CutRequest) and body.force
+    return ManualRequest(
+        who=caller.name, reason=body.reason, ttl_s=ttl_s, dry_run=body.dry_run, force=force
+    )
 
 
 def create_router(controller: Controller, clock: Clock) -> APIRouter:
@@ -154,6 +172,8 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
             outcome = await action
         except (TargetNotFoundError, NotIsolatedError) as err:
             return JSONResponse({"error": str(err)}, status_code=404)
+        except BelowMinReadyError as err:
+            return JSONResponse({"error": str(err)}, status_code=409)
         except InvalidManualRequestError as err:
             return JSONResponse({"error": str(err)}, status_code=422)
         return _answer(outcome, clock)
@@ -186,7 +206,7 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
     async def isolate_pod(
         namespace: NamespacePath,
         name: PodPath,
-        body: IsolateRequest,
+        body: CutRequest,
         caller: Annotated[Caller, Depends(operator)],
         actions: Annotated[ManualActions, Depends(_actions)],
     ) -> JSONResponse:

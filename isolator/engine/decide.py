@@ -12,6 +12,7 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
+from isolator.engine.capacity import ServiceCapacity
 from isolator.engine.ports import CutScope
 from isolator.model import Assessment, GlobalVerdict, NodeVerdict, RegionVerdict
 
@@ -48,6 +49,7 @@ class Policy:
     startup_grace_s: float = 0.0
     cuts_per_minute: int = 1_000_000
     region_cooldown_s: float = 0.0
+    ingress_components: tuple[str, ...] = ()  # components whose failure takes the ingress scope
 
 
 @dataclass(slots=True)
@@ -112,11 +114,14 @@ def decide(
     now: float,
     policy: Policy,
     manual: Set[str] = frozenset(),
+    capacity: ServiceCapacity | None = None,
 ) -> list[Decision]:
     """Return the cuts, restores and holds for this pass.
 
     ``isolated`` maps every node whose Pods are cut to its region, and ``manual`` names the
-    ones a person isolated: only a person or the isolation's TTL restores those.
+    ones a person isolated: only a person or the isolation's TTL restores those. ``capacity``
+    stops every cut that would leave a Service under its minimum of ready endpoints, and it
+    counts the cuts decided here. None skips that check.
     """
     if assessment.verdict is GlobalVerdict.FAIL_SAFE:
         return [
@@ -126,7 +131,7 @@ def decide(
         ]
     automatic = {name: region for name, region in isolated.items() if name not in manual}
     decisions = _restores(assessment, automatic, memory, now, policy)
-    decisions += _cuts(assessment, isolated, memory, now, policy)
+    decisions += _cuts(assessment, isolated, memory, now, policy, capacity)
     return decisions
 
 
@@ -152,6 +157,7 @@ def _cuts(
     memory: Memory,
     now: float,
     policy: Policy,
+    capacity: ServiceCapacity | None,
 ) -> list[Decision]:
     decisions = []
     cut_per_region = Counter(isolated.values())
@@ -174,14 +180,19 @@ def _cuts(
             decisions += [Decision(Kind.HOLD, n, region_name, reason) for n in names]
             continue
         for name in names:
-            decision = _cut_one(assessment, name, memory, now, policy)
+            decision = _cut_one(assessment, name, memory, now, policy, capacity)
             if decision is not None:
                 decisions.append(decision)
     return decisions
 
 
 def _cut_one(
-    assessment: Assessment, name: str, memory: Memory, now: float, policy: Policy
+    assessment: Assessment,
+    name: str,
+    memory: Memory,
+    now: float,
+    policy: Policy,
+    capacity: ServiceCapacity | None,
 ) -> Decision | None:
     """Decide on one flagged node within its region's budget; None while it is still settling."""
     node = assessment.nodes[name]
@@ -203,6 +214,12 @@ def _cut_one(
         return hold("start-up grace: evidence is still being gathered")
     if memory.cuts_in_window(now) >= policy.cuts_per_minute:
         return hold(f"rate limit: {policy.cuts_per_minute} automatic cuts per minute reached")
+    if capacity is not None:
+        pods = capacity.removed_by(name, cut_scope(node.component, policy.ingress_components))
+        reason = capacity.hold_reason(pods)
+        if reason is not None:
+            return hold(reason)
+        capacity.remove(pods)  # the next node of this pass counts without them
     memory.cut_times.append(now)
     return Decision(Kind.CUT, name, node.region, node.reason)
 

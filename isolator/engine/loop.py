@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from isolator.clock import Clock
 from isolator.engine.alerts import AlertLedger, IncomingAlert
+from isolator.engine.capacity import MIN_READY_CHECK, UNKNOWN_CHECK, CensusCache, ServiceCapacity
 from isolator.engine.classify import Thresholds, classify, classify_node
 from isolator.engine.decide import (
     Decision,
@@ -54,6 +55,8 @@ AUDIT_RECORDS_KEPT = 1000
 PROBE_CONCURRENCY = 64
 # Who the audit names for the control loop's own actions, TTL expiries included.
 CONTROLLER = "isolator"
+# In-flight key of the read of the Services' ready endpoints; no node name contains a colon.
+CENSUS_KEY = "census:"
 
 T = TypeVar("T")
 
@@ -184,7 +187,12 @@ class Controller:
             startup_grace_s=settings.startup_grace_s,
             cuts_per_minute=settings.cuts_per_minute,
             region_cooldown_s=settings.region_cooldown_s,
+            ingress_components=tuple(settings.ingress_components),
         )
+        self._census = CensusCache(max_age_s=settings.inventory_refresh_s)
+        self._capacity = ServiceCapacity(None, settings.min_ready_endpoints)
+        self._capacity_holds: dict[str, str] = {}  # node -> its audited capacity hold
+        self._widen_holds: dict[str, str] = {}  # node -> why its cut was not widened
 
     async def run(self) -> None:
         """Run until cancelled; errors in one pass are logged and the loop goes on."""
@@ -335,11 +343,16 @@ class Controller:
         if self.grey_scores:
             threshold = self.settings.grey_suspect_threshold
             assessment = apply_grey_scores(assessment, self._current_grey_scores(), threshold)
+        self._refresh_census(assessment, now)
+        self._capacity = self.service_capacity()
         newly_healthy = self._newly_healthy(assessment)
         self._memory.update(assessment, now)
         isolated = {name: iso.region for name, iso in self.isolations.items()}
         manual = {name for name, iso in self.isolations.items() if iso.who is not None}
-        decisions = decide(assessment, isolated, self._memory, now, self._policy, manual)
+        decisions = decide(
+            assessment, isolated, self._memory, now, self._policy, manual, self._capacity
+        )
+        self._audit_capacity_holds(decisions)
         split = {region: iso.who is not None for region, iso in self.splits.items()}
         region_decisions = decide_splits(assessment, split, self._memory, now, self._policy)
 
@@ -371,6 +384,63 @@ class Controller:
                 or previous.nodes[name].verdict is not NodeVerdict.HEALTHY
             )
         ]
+
+    def _refresh_census(self, assessment: Assessment, now: float) -> None:
+        """Start reading the Services' ready endpoints when a cut may follow and the latest
+        census is too old for it."""
+        candidates = frozenset(
+            name
+            for name, node in assessment.nodes.items()
+            if node.verdict is NodeVerdict.FAILED and name not in self.isolations
+        )
+        if CENSUS_KEY not in self._in_flight and self._census.due(candidates, now):
+            self._census.started(candidates, now)
+            self._launch(CENSUS_KEY, self._read_census)
+
+    async def _read_census(self) -> None:
+        try:
+            selector = self.settings.ingress_controller_selector
+            self._census.store(await self._cluster.endpoint_census(selector))
+        except SourceError as err:
+            if str(err) != self._census.error:
+                logger.warning("ready endpoints unavailable", extra={"error": str(err)})
+            self._census.fail(str(err))
+
+    async def read_service_capacity(self) -> ServiceCapacity:
+        """Read the Services' ready endpoints now and return them less every cut."""
+        self._census.started(self._census.read_for, self._clock.monotonic())
+        await self._read_census()
+        return self.service_capacity()
+
+    def service_capacity(self) -> ServiceCapacity:
+        """Return the Services' ready endpoints less every cut in force or in flight."""
+        capacity = self._census.capacity(self.settings.min_ready_endpoints)
+        for isolation in self.isolations.values():
+            capacity.remove(capacity.removed_by(isolation.node, CutScope(isolation.scope)))
+            capacity.remove(isolation.pods)
+        capacity.remove(self.pod_isolations)
+        return capacity
+
+    def _audit_capacity_holds(self, decisions: list[Decision]) -> None:
+        """Audit each cut held for a Service's ready endpoints when the hold starts or its
+        reason changes. A hold repeats every pass, so only changes are recorded."""
+        held = {
+            d.node: d
+            for d in decisions
+            if d.kind is Kind.HOLD and d.reason.startswith((MIN_READY_CHECK, UNKNOWN_CHECK))
+        }
+        for name, decision in held.items():
+            if self._capacity_holds.get(name) != decision.reason:
+                isolation = Isolation(
+                    node=name,
+                    region=decision.region,
+                    incident="",
+                    reason=decision.reason,
+                    started_at=self._clock.wall(),
+                    dry_run=self.settings.dry_run,
+                )
+                self.record("hold", isolation, decision.reason, CONTROLLER, "held")
+        self._capacity_holds = {name: d.reason for name, d in held.items()}
 
     def _publish(self, assessment: Assessment) -> None:
         self._metrics.fail_safe.set(int(assessment.verdict is GlobalVerdict.FAIL_SAFE))
@@ -481,6 +551,15 @@ class Controller:
         wanted = cut_scope(node.component, self.settings.ingress_components)
         if not widens(isolation.scope, wanted):
             return False
+        pods = self._capacity.removed_by(isolation.node, wanted)
+        held = None if isolation.who is not None else self._capacity.hold_reason(pods)
+        if held is not None:
+            if self._widen_holds.get(isolation.node) != held:
+                logger.info("cut not widened", extra={"node": isolation.node, "reason": held})
+            self._widen_holds[isolation.node] = held
+            return False
+        self._widen_holds.pop(isolation.node, None)
+        self._capacity.remove(pods)
         logger.info(
             "cut widened",
             extra={"node": isolation.node, "from": isolation.scope, "to": wanted.value},
@@ -704,6 +783,18 @@ class Controller:
             extra={**context, "action": action, "result": result, "objects": len(outcome.objects)},
         )
         return outcome
+
+    def record(
+        self,
+        action: str,
+        isolation: Isolation,
+        reason: str,
+        who: str,
+        result: str,
+        detail: str = "",
+    ) -> None:
+        """Write an audit record about the isolation that no cut or restore wrote."""
+        self._record_audit(action, isolation, reason, who, result, detail, ())
 
     def _record_audit(
         self,

@@ -3,8 +3,10 @@
 A manual isolation names who requested it and why, and ends at its TTL unless a person ends it
 first. The control loop never restores it on its own; an expired TTL turns into a restore that
 must read back verified. Manual actions skip the automatic safety checks and work in the global
-fail-safe, because a person decides. A person restoring a node also holds automatic cuts of
-that node for ``manual_restore_hold_s``, so the control loop does not undo that decision.
+fail-safe, because a person decides. The one exception is the minimum of ready endpoints per
+Service: a cut that would leave a Service under it is rejected unless the request sets
+``force``, and the audit records the override. A person restoring a node also holds automatic
+cuts of that node for ``manual_restore_hold_s``, so the control loop does not undo that decision.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 
 from isolator.clock import Clock
+from isolator.engine.capacity import ServiceCapacity, describe
 from isolator.engine.decide import widens
 from isolator.engine.loop import Controller, Isolation, Outcome, target_key
 from isolator.engine.ports import CutScope, TargetKind
@@ -38,6 +41,10 @@ class InvalidManualRequestError(ManualError):
     """A request for something the settings do not allow, such as a TTL too long."""
 
 
+class BelowMinReadyError(ManualError):
+    """The cut would leave a Service under its minimum of ready endpoints; ``force`` overrides."""
+
+
 @dataclass(frozen=True, slots=True)
 class ManualRequest:
     """The requester of a manual action, the reason, the TTL and whether only as a plan."""
@@ -46,6 +53,7 @@ class ManualRequest:
     reason: str
     ttl_s: float | None = None  # None: the default TTL from the settings
     dry_run: bool = False
+    force: bool = False  # cut even below a Service's minimum of ready endpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +170,7 @@ class ManualActions:
         async def act() -> ManualOutcome:
             existing = self._table(fresh.kind).get(fresh.name)
             isolation = fresh if existing is None else _taken_over(existing, fresh)
+            override = await self._check_endpoints(isolation, request)
             if isolation.dry_run:
                 planned = await controller.preview("cut", isolation, request.reason, request.who)
                 return _outcome(planned, existing, dry_run=True)
@@ -169,11 +178,49 @@ class ManualActions:
                 "manual isolation requested",
                 extra={"who": request.who, "kind": fresh.kind.value, "target": fresh.name},
             )
+            if override:
+                controller.record(
+                    "override", isolation, request.reason, request.who, "forced", override
+                )
             outcome = await controller.apply(isolation, new=existing is None)
             listed = self._table(fresh.kind).get(fresh.name)
             return _outcome(outcome, listed, dry_run=False, error=self._last_error(fresh.name))
 
         return await controller.run_keyed(fresh.key, act)
+
+    async def _check_endpoints(self, isolation: Isolation, request: ManualRequest) -> str:
+        """Reject a cut that would leave a Service under its minimum of ready endpoints, unless
+        the request forces it. Return what a forced cut overrides, or "" when nothing.
+
+        Endpoints that the isolation's earlier cut already took out do not count again.
+        """
+        if isolation.kind is TargetKind.REGION:
+            return ""  # a split horizon moves cloud-side routes and takes out no endpoint
+        capacity = await self._controller.read_service_capacity()
+        pods = _pods_cut(capacity, isolation)
+        if not capacity.known:
+            problem = capacity.hold_reason(pods) or ""
+        else:
+            problem = describe(capacity.shortfalls(pods))
+        if not problem:
+            return ""
+        if request.force:
+            logger.warning(
+                "manual isolation forced below the minimum of ready endpoints",
+                extra={"who": request.who, "target": isolation.name, "detail": problem},
+            )
+            return problem
+        raise BelowMinReadyError(
+            f"{isolation.kind.value} {isolation.name} not isolated: {problem}. Send force: true "
+            "to isolate it anyway."
+        )
+
+
+def _pods_cut(capacity: ServiceCapacity, isolation: Isolation) -> set[str]:
+    """Return the Pods with a ready endpoint that the isolation's cut takes out."""
+    if isolation.kind is TargetKind.POD:
+        return {isolation.target}
+    return capacity.removed_by(isolation.node, CutScope(isolation.scope))
 
 
 def _taken_over(existing: Isolation, fresh: Isolation) -> Isolation:

@@ -7,7 +7,7 @@ real adapters in the service.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from datetime import datetime
 from typing import Protocol
 
@@ -99,6 +99,36 @@ class RecordedIsolation(Protocol):
     def complete(self) -> bool: ...
 
 
+class ServiceEndpoints(Protocol):
+    """The ready endpoints of one Service, as its EndpointSlices show them.
+
+    A Pod counts once however many endpoints it has (one per address family), and a Pod that
+    carries the isolator's cut record counts as not ready.
+    """
+
+    @property
+    def service(self) -> str: ...  # "namespace/name"
+
+    @property
+    def min_ready(self) -> int | None: ...  # from the Service's annotation; None: the setting
+
+    @property
+    def ready_pods(self) -> Mapping[str, str]: ...  # "namespace/name" of a ready Pod -> its node
+
+    @property
+    def other_ready(self) -> int: ...  # ready endpoints with no Pod behind them
+
+
+class EndpointCensus(Protocol):
+    """The ready endpoints of every Service that has any, read at one moment."""
+
+    @property
+    def services(self) -> Sequence[ServiceEndpoints]: ...
+
+    @property
+    def ingress_pods(self) -> Set[str]: ...  # Pods the ingress controller's selector matches
+
+
 class SiteViewReader(Protocol):
     """Reads the in-site view through the central Prometheus."""
 
@@ -162,6 +192,8 @@ class Cluster(Protocol):
     async def restore_region(
         self, region: str, incident: str, *, dry_run: bool = ...
     ) -> SplitOutcome: ...
+
+    async def endpoint_census(self, ingress_selector: str) -> EndpointCensus: ...
 
     async def ensure_serving(self, node: str) -> int: ...
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from isolator.model import EdgeNode, SiteSample, SiteView
 from isolator.sources.errors import SourceUnavailableError
+from isolator.sources.kubernetes.census import EndpointCensus, ServiceEndpoints
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,14 @@ class FakeCluster:
     unverified: set[str] = field(default_factory=set)
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     unavailable: bool = False
+    # Service "namespace/name" -> the nodes that run one ready replica of it, which is named
+    # "namespace/name-node". A cut node's replicas are not ready.
+    services: dict[str, list[str]] = field(default_factory=dict)
+    min_ready: dict[str, int] = field(default_factory=dict)  # the Services' annotation values
+    ingress_services: set[str] = field(default_factory=set)  # run the ingress controller
+    census_unavailable: bool = False
+    census_reads: int = 0
+    cut_scopes: dict[str, str] = field(default_factory=dict)  # node -> scope of its cut
 
     async def list_edge_nodes(self) -> list[EdgeNode]:
         if self.unavailable:
@@ -68,11 +77,15 @@ class FakeCluster:
     async def cut_node(self, node: str, reason: str, incident: str, **options: Any) -> Outcome:
         self.cuts.append(node)
         self.calls.append(("cut_node", node, options))
+        if not options.get("dry_run"):
+            self.cut_scopes[node] = options.get("scope", "node")
         return Outcome(node, (f"default/{node}-pod",), node not in self.unverified, "cut")
 
     async def restore_node(self, node: str, incident: str, **options: Any) -> Outcome:
         self.restores.append(node)
         self.calls.append(("restore_node", node, options))
+        if not options.get("dry_run"):
+            self.cut_scopes.pop(node, None)
         return Outcome(node, (f"default/{node}-pod",), node not in self.unverified, "restored")
 
     async def cut_pod(self, pod: str, reason: str, incident: str, **options: Any) -> Outcome:
@@ -94,6 +107,30 @@ class FakeCluster:
         self.calls.append(("restore_region", region, options))
         verified = region not in self.unverified
         return SplitOutcome(region, (f"cloud/{region}-web",), verified, "rejoined")
+
+    async def endpoint_census(self, ingress_selector: str) -> EndpointCensus:
+        self.census_reads += 1
+        if self.census_unavailable:
+            raise SourceUnavailableError("kube-apiserver refused the connection")
+        services = tuple(
+            ServiceEndpoints(service, self.min_ready.get(service), self._ready(service))
+            for service in sorted(self.services)
+        )
+        ingress = {
+            f"{service}-{node}"
+            for service in self.ingress_services
+            for node in self.services.get(service, [])
+        }
+        return EndpointCensus(services, frozenset(ingress))
+
+    def _ready(self, service: str) -> dict[str, str]:
+        ingress = service in self.ingress_services
+        ready = {}
+        for node in self.services[service]:
+            scope = self.cut_scopes.get(node)
+            if scope is None or (scope == "ingress" and not ingress):
+                ready[f"{service}-{node}"] = node
+        return ready
 
     async def ensure_serving(self, node: str) -> int:
         self.serving.append(node)

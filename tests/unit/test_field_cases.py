@@ -548,18 +548,12 @@ async def test_kubelet_target_down_with_live_heartbeat_cut() -> None:
 
 
 # F16a: fail open when cutting would remove the last capacity.
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the engine has no view of Services: decide() limits cuts per region and per minute "
-        "but never counts a Service's ready endpoints, so it can cut all of its replicas"
-    ),
-)
 async def test_last_ready_endpoints_of_service_kept() -> None:
     harness = await Harness.start()
     # Service checkout has its three replicas on these nodes, all in r1; the region budget
     # of 10 nodes at a 0.34 share allows all three to be cut.
     checkout = ["r1-n01", "r1-n02", "r1-n03"]
+    harness.cluster.services["shop/checkout"] = checkout
     harness.silent.update(checkout)
     harness.site_down.update(checkout)
 

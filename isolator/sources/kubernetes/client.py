@@ -170,6 +170,14 @@ class KubernetesClient:
             namespace=namespace,
         )
 
+    async def list_all_services(self) -> list[dict[str, Any]]:
+        return await self._list_all("list Services", self._core.list_service_for_all_namespaces)
+
+    async def list_all_endpoint_slices(self) -> list[dict[str, Any]]:
+        return await self._list_all(
+            "list EndpointSlices", self._discovery.list_endpoint_slice_for_all_namespaces
+        )
+
     async def list_endpoint_slices(self, namespace: str) -> list[dict[str, Any]]:
         return await self._list_all(
             f"list EndpointSlices in {namespace}",

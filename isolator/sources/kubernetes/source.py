@@ -22,6 +22,7 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 from isolator.clock import Clock, SystemClock
 from isolator.model import REGION_LABEL, EdgeNode
 from isolator.sources.kubernetes import patches, recorded
+from isolator.sources.kubernetes.census import CensusReader, EndpointCensus
 from isolator.sources.kubernetes.client import CONFLICT, NOT_FOUND, KubernetesClient
 from isolator.sources.kubernetes.errors import MAX_ATTEMPTS, KubernetesError
 from isolator.sources.kubernetes.horizon import IngressHorizon, SplitRequest, SplitResult
@@ -98,6 +99,7 @@ class KubernetesSource:
         self._pods = PodCuts(self._writer, clock=clock)
         self._endpoints = SelectorlessEndpoints(kube, self._writer)
         self._horizon = IngressHorizon(kube, self._writer, clock=clock)
+        self._census = CensusReader(kube)
 
     @classmethod
     async def create(
@@ -168,6 +170,14 @@ class KubernetesSource:
         if label_selector:
             return await self._kube.list_pods(field_selector, label_selector)
         return await self._kube.list_pods(field_selector=field_selector)
+
+    async def endpoint_census(self, ingress_selector: str) -> EndpointCensus:
+        """Count every Service's ready endpoints; Pods the isolator cut count as not ready.
+
+        ``ingress_selector`` is the label selector of the ingress controller's Pods, the only
+        Pods that an ingress-scope cut takes out.
+        """
+        return await self._census.read(ingress_selector)
 
     # Serving gate
 
