@@ -86,6 +86,16 @@ class Metrics:
             ["check"],
             registry=r,
         )
+        self.cut_drift = Counter(
+            "isolator_cut_drift_total",
+            "Verified cuts found undone when read back again, by target kind (node, pod, "
+            "region) and outcome (reapplied, degraded when the retry budget was spent).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        for kind in ("node", "pod", "region"):
+            for outcome in ("reapplied", "degraded"):
+                self.cut_drift.labels(kind, outcome)
         for kind in ("cut", "restore"):
             for result in ("verified", "unverified", "error", "dry_run"):
                 self.actions.labels(kind, result)

@@ -280,6 +280,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Pause between attempts at an unconfirmed action, in seconds.",
     )
+    cut_recheck_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "Period at which verified cuts are read back again, in seconds; 0 turns it off. "
+            "A cut that something undid later (a kubelet marking a Pod ready, a person editing "
+            "a Pod, a deployment tool reapplying an Ingress) is applied again within the retry "
+            "budget. Ten seconds bounds how long traffic reaches a cut node after that, at the "
+            "cost of one list of all Pods per check, plus the EndpointSlices of each namespace "
+            "with a cut Pod and, while a region is split, the Ingresses."
+        ),
+    )
     manual_default_ttl_s: float = Field(
         86_400.0,
         ge=0,

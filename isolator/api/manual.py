@@ -126,6 +126,8 @@ def isolation_view(isolation: Isolation, wall_now: float) -> dict[str, Any]:
         "detail": isolation.detail,
         "objects": list(isolation.pods),
         "attempts": isolation.attempts,
+        "drifts": isolation.drifts,
+        "degraded": isolation.degraded,
         "dry_run": isolation.dry_run,
     }
 

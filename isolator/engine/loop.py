@@ -31,6 +31,7 @@ from isolator.engine.decide import (
     decide_splits,
     widens,
 )
+from isolator.engine.drift import RECHECK_KEY, UNKNOWN_WRITER, CutRecheck
 from isolator.engine.evidence import EvidenceStore
 from isolator.engine.grey import GreyScorer, apply_grey_scores
 from isolator.engine.ports import (
@@ -81,6 +82,8 @@ class Isolation:
     expires_at: float | None = None  # wall-clock end of a manual isolation
     attempts: int = 0  # cuts tried so far
     retry_at: float = 0.0  # monotonic time before which no further attempt starts
+    drifts: int = 0  # times a re-verification found the cut undone
+    degraded: bool = False  # undone after verification with the retry budget spent
 
     @property
     def name(self) -> str:
@@ -171,6 +174,13 @@ class Controller:
         self._clock = clock
         self._memory = Memory.empty(started_at=clock.monotonic())
         self._in_flight: dict[str, asyncio.Task[Any]] = {}
+        self._recheck = CutRecheck(
+            cluster,
+            metrics,
+            clock,
+            interval_s=settings.cut_recheck_interval_s,
+            retry_limit=settings.action_retry_limit,
+        )
         self._site_view_error: str | None = None
         self._published: dict[str, str] = {}  # node -> region with per-node metric series
         self._limits = Thresholds(
@@ -367,6 +377,8 @@ class Controller:
             self._start_split(region_decision.kind, region_decision.region, region_decision.reason)
         self._start_repairs(assessment, now)
         self._start_expiries(now)
+        if self._recheck.due(now):
+            self._launch(RECHECK_KEY, self._recheck_cuts)
         for name in newly_healthy:
             if name not in self.isolations and name not in self._in_flight:
                 self._in_flight[name] = asyncio.create_task(self._ensure_serving(name))
@@ -544,6 +556,19 @@ class Controller:
                 continue
             self._launch(isolation.key, partial(self.apply, isolation))
 
+    async def _recheck_cuts(self) -> None:
+        """Read the held cuts back; an undone one is audited with the writer that undid it."""
+        for undone in await self._recheck.check(self.all_isolations(), self._in_flight):
+            self._record_audit(
+                "undone",
+                undone.isolation,
+                "cut undone after it was verified",
+                undone.drift.writer or UNKNOWN_WRITER,
+                undone.outcome,
+                undone.detail,
+                undone.drift.objects,
+            )
+
     def _widen(self, isolation: Isolation, node: NodeAssessment) -> bool:
         """Widen the isolation's scope when the node's failure now asks for more; True if so."""
         if node.verdict is not NodeVerdict.FAILED:
@@ -622,6 +647,7 @@ class Controller:
         # A repeated cut reports only what it changed; the isolation covers everything cut.
         isolation.pods = tuple(sorted({*isolation.pods, *outcome.objects}))
         isolation.verified, isolation.detail = outcome.verified, outcome.detail
+        isolation.degraded = isolation.degraded and not outcome.verified
         if not outcome.verified:
             isolation.retry_at = self._clock.monotonic() + self.settings.action_retry_interval_s
             if isolation.attempts > self.settings.action_retry_limit and not isolation.dry_run:

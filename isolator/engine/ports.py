@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence, Set
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -129,6 +130,35 @@ class EndpointCensus(Protocol):
     def ingress_pods(self) -> Set[str]: ...  # Pods the ingress controller's selector matches
 
 
+@dataclass(frozen=True, slots=True)
+class HeldCut:
+    """A verified isolation for the adapter to read back: what it cut, and in which scope."""
+
+    kind: str  # a TargetKind value
+    target: str  # node name, "namespace/name" of a Pod, or region
+    scope: str  # a CutScope value; "split" for a region
+    objects: tuple[str, ...]  # "namespace/name" of its Pods or Ingresses
+
+
+class CutDrift(Protocol):
+    """A held cut that something undid after reading back had verified it."""
+
+    @property
+    def kind(self) -> str: ...  # a TargetKind value
+
+    @property
+    def target(self) -> str: ...
+
+    @property
+    def objects(self) -> tuple[str, ...]: ...  # the objects found undone
+
+    @property
+    def writer(self) -> str | None: ...  # field manager of the undoing write; None if unknown
+
+    @property
+    def detail(self) -> str: ...
+
+
 class SiteViewReader(Protocol):
     """Reads the in-site view through the central Prometheus."""
 
@@ -194,6 +224,8 @@ class Cluster(Protocol):
     ) -> SplitOutcome: ...
 
     async def endpoint_census(self, ingress_selector: str) -> EndpointCensus: ...
+
+    async def check_held_cuts(self, held: Sequence[HeldCut]) -> Sequence[CutDrift]: ...
 
     async def ensure_serving(self, node: str) -> int: ...
 

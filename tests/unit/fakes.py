@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,15 @@ class SplitOutcome:
     region: str
     ingresses: tuple[str, ...]
     verified: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Drift:
+    kind: str
+    target: str
+    objects: tuple[str, ...]
+    writer: str | None
     detail: str
 
 
@@ -60,6 +70,9 @@ class FakeCluster:
     unverified: set[str] = field(default_factory=set)
     calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     unavailable: bool = False
+    # Targets whose held cuts read back undone, mapped to the writer that undid them.
+    undone: dict[str, str | None] = field(default_factory=dict)
+    checks: list[list[str]] = field(default_factory=list)  # targets read back by each check
     # Service "namespace/name" -> the nodes that run one ready replica of it, which is named
     # "namespace/name-node". A cut node's replicas are not ready.
     services: dict[str, list[str]] = field(default_factory=dict)
@@ -131,6 +144,14 @@ class FakeCluster:
             if scope is None or (scope == "ingress" and not ingress):
                 ready[f"{service}-{node}"] = node
         return ready
+
+    async def check_held_cuts(self, held: Sequence[Any]) -> list[Drift]:
+        self.checks.append([cut.target for cut in held])
+        return [
+            Drift(cut.kind, cut.target, cut.objects, self.undone[cut.target], "Ready True")
+            for cut in held
+            if cut.target in self.undone
+        ]
 
     async def ensure_serving(self, node: str) -> int:
         self.serving.append(node)

@@ -25,6 +25,7 @@ from isolator.sources.kubernetes import patches, recorded
 from isolator.sources.kubernetes.census import CensusReader, EndpointCensus
 from isolator.sources.kubernetes.client import CONFLICT, NOT_FOUND, KubernetesClient
 from isolator.sources.kubernetes.errors import MAX_ATTEMPTS, KubernetesError
+from isolator.sources.kubernetes.heldcuts import CutDrift, HeldCut, HeldCutReader
 from isolator.sources.kubernetes.horizon import IngressHorizon, SplitRequest, SplitResult
 from isolator.sources.kubernetes.patches import CutScope, Json, Owner
 from isolator.sources.kubernetes.pods import CutRequest, PodCuts, Restored
@@ -99,6 +100,7 @@ class KubernetesSource:
         self._pods = PodCuts(self._writer, clock=clock)
         self._endpoints = SelectorlessEndpoints(kube, self._writer)
         self._horizon = IngressHorizon(kube, self._writer, clock=clock)
+        self._held = HeldCutReader(kube, self._writer)
         self._census = CensusReader(kube)
 
     @classmethod
@@ -542,6 +544,14 @@ class KubernetesSource:
         return isolations + recorded.isolations_from_ingresses(await self._horizon.recorded())
 
     # Read-back
+
+    async def check_held_cuts(self, held: Sequence[HeldCut]) -> list[CutDrift]:
+        """Read verified cuts back; return those that something undid since.
+
+        Every object found undone gets a Warning Event naming its last writer (see
+        ``heldcuts``).
+        """
+        return await self._held.check(held)
 
     async def verify(self, pods: Sequence[str], ready: bool, timeout_s: float) -> bool:
         """Poll the EndpointSlices in each Pod's namespace until every Pod's endpoints show
