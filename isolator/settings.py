@@ -190,6 +190,17 @@ class Settings(BaseSettings):
             "it, and 0 there lets that Service go dark. Manual isolations may override it."
         ),
     )
+    region_verdict_hold_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "How long the evidence must support a milder region verdict before the region gets "
+            "it, in seconds. A more severe verdict applies at once. Five seconds outlasts the "
+            "heartbeat timeout (three seconds at the defaults), so a region whose silent nodes "
+            "hover at the partition threshold keeps its verdict instead of flipping every "
+            "pass. 0 turns this hysteresis off."
+        ),
+    )
     grey_scoring: bool = Field(
         False,
         description=(

@@ -34,6 +34,7 @@ from isolator.engine.decide import (
 from isolator.engine.drift import RECHECK_KEY, UNKNOWN_WRITER, CutRecheck
 from isolator.engine.evidence import EvidenceStore
 from isolator.engine.grey import GreyScorer, apply_grey_scores
+from isolator.engine.hysteresis import RegionHysteresis
 from isolator.engine.ports import (
     AlertReader,
     Cluster,
@@ -199,6 +200,7 @@ class Controller:
             region_cooldown_s=settings.region_cooldown_s,
             ingress_components=tuple(settings.ingress_components),
         )
+        self._hysteresis = RegionHysteresis(settings.region_verdict_hold_s)
         self._census = CensusCache(max_age_s=settings.inventory_refresh_s)
         self._capacity = ServiceCapacity(None, settings.min_ready_endpoints)
         self._capacity_holds: dict[str, str] = {}  # node -> its audited capacity hold
@@ -353,6 +355,7 @@ class Controller:
         if self.grey_scores:
             threshold = self.settings.grey_suspect_threshold
             assessment = apply_grey_scores(assessment, self._current_grey_scores(), threshold)
+        assessment = self._hysteresis.apply(assessment, now)
         self._refresh_census(assessment, now)
         self._capacity = self.service_capacity()
         newly_healthy = self._newly_healthy(assessment)
