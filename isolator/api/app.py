@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from isolator.api.auth import READERS, Authenticator, Caller, Role, require
 from isolator.api.manual import create_router
-from isolator.api.schemas import AlertmanagerWebhook, Heartbeat
+from isolator.api.schemas import AlertmanagerWebhook, Heartbeat, error_responses
 from isolator.api.views import node_view, region_view, status_view
 from isolator.clock import Clock
 from isolator.engine.alerts import AlertOutcome, IncomingAlert
@@ -72,7 +72,12 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
     """
     # The generated documentation pages would be the only endpoints without a token.
     app = FastAPI(
-        title="isolator", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None
+        title="isolator",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        responses=error_responses(400, 401, 403, 413, 422),
     )
     ledger = controller.alerts
     settings = controller.settings
@@ -105,7 +110,7 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
             {"error": str(err.detail)}, status_code=err.status_code, headers=err.headers
         )
 
-    @app.post("/v1/heartbeats")
+    @app.post("/v1/heartbeats", responses=error_responses(404))
     async def receive_heartbeat(
         beat: Heartbeat, caller: Annotated[Caller, Depends(require(Role.AGENT))]
     ) -> JSONResponse:
@@ -185,7 +190,7 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
     async def list_nodes() -> list[dict[str, Any]]:
         return [node_view(controller, name, clock) for name in sorted(controller.store.nodes)]
 
-    @app.get("/v1/nodes/{name}", dependencies=readers)
+    @app.get("/v1/nodes/{name}", dependencies=readers, responses=error_responses(404))
     async def read_node(name: str) -> Any:
         if name not in controller.store.nodes:
             return JSONResponse({"error": f"node {name!r} not found"}, status_code=404)
@@ -209,7 +214,7 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
             return JSONResponse({"status": "control loop not running"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/metrics", dependencies=readers)
+    @app.get("/metrics", dependencies=readers, response_class=PlainTextResponse)
     async def read_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from isolator.api.auth import READERS, Caller, Role, require
-from isolator.api.schemas import NODE_NAME_PATTERN
+from isolator.api.schemas import NODE_NAME_PATTERN, error_responses
 from isolator.clock import Clock
 from isolator.engine.loop import Controller, Isolation
 from isolator.engine.manual import (
@@ -47,6 +47,10 @@ PodPath = Annotated[str, Path(min_length=1, max_length=253, pattern=NODE_NAME_PA
 RegionPath = Annotated[str, Path(min_length=1, max_length=63)]
 
 STATUS_BY_RESULT = {"verified": 200, "dry_run": 200, "unverified": 202, "error": 502}
+ACTION_RESPONSES = {
+    202: {"description": "Written but not yet confirmed by reading back; the loop tries again."},
+    **error_responses(404, 409, 502),
+}
 
 # Module level, so that FastAPI resolves the handlers' string annotations that name it.
 operator = require(Role.OPERATOR)
@@ -55,7 +59,8 @@ operator = require(Role.OPERATOR)
 class RestoreRequest(BaseModel):
     """Body of a manual restore."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict, so that "false" or 0 is not read as a boolean such as dry_run or force.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     reason: str = Field(min_length=1, max_length=500, description="Why, for the audit.")
     dry_run: bool = Field(False, description="Plan the action and write nothing.")
@@ -185,7 +190,7 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
         wall = clock.wall()
         return [isolation_view(i, wall) for i in controller.all_isolations() if listed(i)]
 
-    @router.post("/nodes/{node}")
+    @router.post("/nodes/{node}", responses=ACTION_RESPONSES)
     async def isolate_node(
         node: NodePath,
         body: NodeIsolateRequest,
@@ -195,7 +200,7 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
         request = _request(caller, body, body.ttl_s)
         return await run(actions.isolate_node(node, request, CutScope(body.scope)))
 
-    @router.post("/nodes/{node}/restore")
+    @router.post("/nodes/{node}/restore", responses=ACTION_RESPONSES)
     async def restore_node(
         node: NodePath,
         body: RestoreRequest,
@@ -204,7 +209,7 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
     ) -> JSONResponse:
         return await run(actions.restore(TargetKind.NODE, node, _request(caller, body)))
 
-    @router.post("/pods/{namespace}/{name}")
+    @router.post("/pods/{namespace}/{name}", responses=ACTION_RESPONSES)
     async def isolate_pod(
         namespace: NamespacePath,
         name: PodPath,
@@ -215,7 +220,7 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
         request = _request(caller, body, body.ttl_s)
         return await run(actions.isolate_pod(f"{namespace}/{name}", request))
 
-    @router.post("/pods/{namespace}/{name}/restore")
+    @router.post("/pods/{namespace}/{name}/restore", responses=ACTION_RESPONSES)
     async def restore_pod(
         namespace: NamespacePath,
         name: PodPath,
@@ -226,7 +231,7 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
         pod = f"{namespace}/{name}"
         return await run(actions.restore(TargetKind.POD, pod, _request(caller, body)))
 
-    @router.post("/regions/{region}")
+    @router.post("/regions/{region}", responses=ACTION_RESPONSES)
     async def isolate_region(
         region: RegionPath,
         body: IsolateRequest,
@@ -236,7 +241,7 @@ def create_router(controller: Controller, clock: Clock) -> APIRouter:
         request = _request(caller, body, body.ttl_s)
         return await run(actions.isolate_region(region, request))
 
-    @router.post("/regions/{region}/restore")
+    @router.post("/regions/{region}/restore", responses=ACTION_RESPONSES)
     async def restore_region(
         region: RegionPath,
         body: RestoreRequest,
