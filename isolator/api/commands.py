@@ -102,6 +102,13 @@ def _add_action_commands(
             metavar="SECONDS",
             help="seconds until the isolation ends with a restore (default: the service's TTL)",
         )
+        if kind in ("node", "pod"):
+            cut.add_argument(
+                "--force",
+                action="store_true",
+                help="cut even when a Service would keep fewer ready endpoints than its "
+                "minimum; the audit records the override",
+            )
         if kind == "node":
             cut.add_argument(
                 "--scope",
@@ -212,6 +219,8 @@ async def isolate_target(client: ApiClient, args: argparse.Namespace) -> Any:
     body: dict[str, Any] = {"reason": args.reason, "dry_run": args.dry_run}
     if args.ttl is not None:
         body["ttl_s"] = args.ttl
+    if args.kind in ("node", "pod"):
+        body["force"] = args.force
     if args.kind == "node":
         body["scope"] = args.scope
     reply = await client.post(_target_path(args.kind, args.name), body)

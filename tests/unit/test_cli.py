@@ -185,6 +185,31 @@ async def test_isolate_node_sends_reason_ttl_scope(
     assert isolation.reason == "kernel panic"
 
 
+async def test_isolate_last_replica_needs_force(
+    url: str, harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness.cluster.services["shop/checkout"] = ["r1-n01"]
+    argv = ("isolate", "node", "r1-n01", "--reason", "disk", "--url", url)
+
+    refused, _, refused_err = await run(capsys, *argv)
+    forced, forced_out, forced_err = await run(capsys, *argv, "--force")
+
+    assert refused == 1
+    assert "HTTP 409" in refused_err
+    assert "Service shop/checkout would keep 0 ready endpoints" in refused_err
+    assert forced == 0, forced_err
+    assert "verified" in forced_out
+    assert harness.cluster.cuts == ["r1-n01"]
+
+
+def test_force_only_for_node_and_pod(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["isolate", "region", "r1", "--reason", "r", "--force"])
+
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --force" in capsys.readouterr().err
+
+
 async def test_isolate_unverified_still_exits_0(
     url: str, harness: Harness, capsys: pytest.CaptureFixture[str]
 ) -> None:
