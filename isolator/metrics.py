@@ -71,6 +71,12 @@ class Metrics:
             "1 while the global fail-safe holds every automatic change.",
             registry=r,
         )
+        self.leader = Gauge(
+            "isolator_leader",
+            "1 while this replica acts: it holds the leader Lease, or runs without leader "
+            "election. 0 on a follower.",
+            registry=r,
+        )
         self.isolated_nodes = Gauge(
             "isolator_isolation_nodes", "Nodes whose Pods are currently cut.", registry=r
         )

@@ -7,6 +7,8 @@ it is. Settings are loaded once at start-up and passed explicitly.
 
 from __future__ import annotations
 
+import socket
+import uuid
 from typing import Self
 
 from pydantic import Field, model_validator
@@ -340,6 +342,72 @@ class Settings(BaseSettings):
         ),
     )
 
+    leader_election: bool = Field(
+        False,
+        description=(
+            "Act only while this replica holds the leader Lease; every replica still serves "
+            "the read API. Off by default so that a single replica and the lab act without a "
+            "Lease; deploy/base turns it on for its two replicas."
+        ),
+    )
+    leader_election_namespace: str = Field(
+        "isolator-system",
+        min_length=1,
+        description=(
+            "Namespace of the leader Lease and of this replica's Pod. deploy/base sets it to "
+            "the Pod's own namespace through the downward API."
+        ),
+    )
+    leader_election_lease_name: str = Field(
+        "isolator-leader",
+        min_length=1,
+        description="Name of the coordination.k8s.io/v1 Lease that the replicas compete for.",
+    )
+    leader_election_identity: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
+        min_length=1,
+        description=(
+            "Holder identity this replica writes into the Lease. The default is the host name, "
+            "which in a Pod is the Pod name, plus a random suffix, so that a restarted "
+            "container never mistakes its predecessor's Lease for its own."
+        ),
+    )
+    leader_election_pod_name: str | None = Field(
+        None,
+        description=(
+            "Name of this replica's Pod, from the downward API. When set, the leader labels its "
+            "Pod isolator.io/leader=true and the other replicas' Pods false, so that the "
+            "isolator Service routes heartbeats, alerts and manual requests to the leader only. "
+            "Unset labels nothing, as outside a cluster."
+        ),
+    )
+    leader_election_lease_duration_s: float = Field(
+        15.0,
+        ge=1,
+        description=(
+            "Seconds without a renewal after which another replica may take the Lease over. "
+            "15, 10 and 2 s for the lease, renew deadline and retry period are the defaults "
+            "of kube-controller-manager's own leader election."
+        ),
+    )
+    leader_election_renew_deadline_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Seconds after its last successful renewal at which a leader that cannot renew "
+            "stops acting. Below the lease duration, so that it has stopped before another "
+            "replica may take over."
+        ),
+    )
+    leader_election_retry_period_s: float = Field(
+        2.0,
+        gt=0,
+        description=(
+            "Seconds between attempts to acquire or renew the Lease. Below the renew deadline, "
+            "so that a leader gets several attempts before it must stop."
+        ),
+    )
+
     @property
     def heartbeat_timeout_s(self) -> float:
         """Seconds of silence after which a node counts as silent."""
@@ -356,6 +424,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "probe_timeout_s must be shorter than two heartbeat intervals; "
                 "lower ISOLATOR_PROBE_TIMEOUT_S"
+            )
+        if self.leader_election_renew_deadline_s >= self.leader_election_lease_duration_s:
+            raise ValueError(
+                "leader_election_renew_deadline_s must be shorter than "
+                "leader_election_lease_duration_s, or a leader that cannot renew would still act "
+                "after another replica took over; lower ISOLATOR_LEADER_ELECTION_RENEW_DEADLINE_S"
+            )
+        if self.leader_election_retry_period_s >= self.leader_election_renew_deadline_s:
+            raise ValueError(
+                "leader_election_retry_period_s must be shorter than "
+                "leader_election_renew_deadline_s, or a leader steps down before its next "
+                "renewal; lower ISOLATOR_LEADER_ELECTION_RETRY_PERIOD_S"
             )
         if self.auth_token_file is None and not self.auth_disabled:
             raise ValueError(

@@ -27,6 +27,7 @@ from isolator.engine.manual import ManualActions
 from isolator.logs import truncate
 from isolator.metrics import Metrics
 from isolator.model import INGRESS_COMPONENT
+from isolator.sources.leader import LeaderElector
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ class BodySizeLimit:
         await self.app(scope, receive, send)
 
 
-def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAPI:
-    """Build the API around a running controller.
+def create_app(
+    controller: Controller, metrics: Metrics, clock: Clock, elector: LeaderElector | None = None
+) -> FastAPI:
+    """Build the API around a running controller, and its leader elector if there is one.
 
     Raises TokenFileError when the settings name a token file that cannot be loaded.
     """
@@ -83,6 +86,7 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
     settings = controller.settings
     app.state.authenticator = Authenticator.from_settings(settings)
     app.state.manual = ManualActions(controller, clock)
+    app.state.elector = elector
     readers = [Depends(require(*READERS))]
 
     app.add_middleware(BodySizeLimit)
@@ -204,19 +208,36 @@ def create_app(controller: Controller, metrics: Metrics, clock: Clock) -> FastAP
     async def list_audit() -> list[dict[str, Any]]:
         return list(controller.audit)
 
-    # The one endpoint without a token: a liveness probe carries none, and it reveals nothing
-    # beyond whether the control loop runs.
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
+    # /healthz and /readyz need no token: a probe carries none, and they reveal nothing
+    # beyond whether the control loop runs and which replica leads.
+    def loop_running() -> bool:
         last = controller.state.last_pass_at
         stale_after = max(5 * settings.loop_interval_s, 5.0)
-        if last is None or clock.monotonic() - last > stale_after:
+        return last is not None and clock.monotonic() - last <= stale_after
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        if not loop_running():
             return JSONResponse({"status": "control loop not running"}, status_code=503)
         return JSONResponse({"status": "ok"})
+
+    # A follower is ready too: it serves the read API, and a readiness that only the leader
+    # passed would stall every rolling update. The isolator Service reaches the leader alone
+    # through the isolator.io/leader Pod label.
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        running = loop_running()
+        body = {
+            "status": "ok" if running else "control loop not running",
+            "leader": controller.acting,
+            "identity": None if elector is None else elector.identity,
+            "leader_identity": None if elector is None else elector.leader_identity,
+        }
+        return JSONResponse(body, status_code=200 if running else 503)
 
     @app.get("/metrics", dependencies=readers, response_class=PlainTextResponse)
     async def read_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(create_router(controller, clock))
+    app.include_router(create_router(controller, clock, elector))
     return app

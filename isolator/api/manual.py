@@ -11,7 +11,8 @@
 An action returns 200 when reading back confirmed it (or for a dry run), 202 when it was
 written but not yet confirmed (the control loop tries the cut again), 404 for an unknown
 target, 409 when the cut would leave a Service under its minimum of ready endpoints and the
-body does not set ``force``, 422 for an invalid body and 502 when Kubernetes failed the request.
+body does not set ``force``, 422 for an invalid body, 502 when Kubernetes failed the request,
+and 503 on a replica that is not the leader, with the leader's identity in the body.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from isolator.engine.manual import (
     TargetNotFoundError,
 )
 from isolator.engine.ports import CutScope, TargetKind
+from isolator.sources.leader import LeaderElector
 
 # A namespace is an RFC 1123 label; a Pod name is an RFC 1123 subdomain.
 NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -170,11 +172,18 @@ def _request(caller: Caller, body: RestoreRequest, ttl_s: float | None = None) -
     )
 
 
-def create_router(controller: Controller, clock: Clock) -> APIRouter:
+def create_router(
+    controller: Controller, clock: Clock, elector: LeaderElector | None = None
+) -> APIRouter:
     """Build the router of the manual API around a running controller."""
     router = APIRouter(prefix="/v1/isolations")
 
     async def run(action: Any) -> JSONResponse:
+        if not controller.acting:
+            action.close()  # the coroutine never started, so closing it writes nothing
+            leader = None if elector is None else elector.leader_identity
+            message = "this replica is not the leader; send the request to the leader"
+            return JSONResponse({"error": message, "leader": leader}, status_code=503)
         try:
             outcome = await action
         except (TargetNotFoundError, NotIsolatedError) as err:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from pathlib import Path
 
 import uvicorn
@@ -19,6 +20,7 @@ from isolator.settings import Settings
 from isolator.sources.agents import AgentProber
 from isolator.sources.alertmanager import AlertmanagerSource
 from isolator.sources.kubernetes import KubernetesSource
+from isolator.sources.leader import LeaderElector
 from isolator.sources.prometheus import PrometheusSource
 
 logger = logging.getLogger(__name__)
@@ -53,10 +55,33 @@ async def run_service(settings: Settings) -> None:
     if settings.grey_scoring:
         model_path = Path(settings.grey_model_path) if settings.grey_model_path else None
         grey = GreyScorer(GreyFailureModel.load(model_path or DEFAULT_MODEL_PATH))
+    elector = None
+    if settings.leader_election:
+        elector = await LeaderElector.create(
+            settings.kubeconfig,
+            settings.leader_election_namespace,
+            settings.leader_election_lease_name,
+            settings.leader_election_identity,
+            clock,
+            lease_duration_s=settings.leader_election_lease_duration_s,
+            renew_deadline_s=settings.leader_election_renew_deadline_s,
+            retry_period_s=settings.leader_election_retry_period_s,
+            pod_name=settings.leader_election_pod_name,
+        )
     controller = Controller(
-        settings, cluster, prometheus, prober, metrics, clock, alert_reader=alerts, grey_scorer=grey
+        settings,
+        cluster,
+        prometheus,
+        prober,
+        metrics,
+        clock,
+        alert_reader=alerts,
+        grey_scorer=grey,
+        leading=None if elector is None else (lambda: elector.is_leader),
     )
-    app = create_app(controller, metrics, clock)
+    if elector is not None:
+        elector.on_change = partial(_leadership_changed, controller)
+    app = create_app(controller, metrics, clock, elector)
     config = uvicorn.Config(
         app,
         host=settings.listen_host,
@@ -68,18 +93,37 @@ async def run_service(settings: Settings) -> None:
     server = uvicorn.Server(config)
     logger.info(
         "isolator started",
-        extra={"port": settings.listen_port, "dry_run": settings.dry_run},
+        extra={
+            "port": settings.listen_port,
+            "dry_run": settings.dry_run,
+            "identity": None if elector is None else elector.identity,
+        },
     )
-    loop_task = asyncio.create_task(controller.run(), name="control-loop")
-    # The API without its control loop would report stale verdicts, so it stops with it.
-    loop_task.add_done_callback(lambda _: setattr(server, "should_exit", True))
+    tasks = [asyncio.create_task(controller.run(), name="control-loop")]
+    if elector is not None:
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    # The API without its control loop would report stale verdicts, and without its elector
+    # it could never act again, so it stops with either.
+    for task in tasks:
+        task.add_done_callback(lambda _: setattr(server, "should_exit", True))
     try:
         await server.serve()
     finally:
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
+        # The control loop stops first, so that nothing acts after the Lease is released.
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if elector is not None:
+            await elector.close()
         await prober.close()
         prometheus.close()
         await cluster.close()
         logger.info("isolator stopped")
+
+
+def _leadership_changed(controller: Controller, leading: bool) -> None:
+    # Losing the Lease stops every action at once, not at the next pass. Gaining it takes
+    # effect at the next pass, which first recovers the recorded isolations.
+    if not leading:
+        controller.stand_down()

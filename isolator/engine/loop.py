@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -154,8 +154,13 @@ class Controller:
         clock: Clock,
         alert_reader: AlertReader | None = None,
         grey_scorer: GreyScorer | None = None,
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
+        # Whether this replica holds the leader Lease; None acts without leader election.
+        self._leading = leading
+        self._acting = leading is None  # with election: leads and has recovered the records
+        metrics.leader.set(int(self._acting))
         self.store = EvidenceStore(outage_gap_s=settings.heartbeat_timeout_s)
         self.alerts = AlertLedger(self.store)
         self._alert_reader = alert_reader
@@ -207,8 +212,13 @@ class Controller:
         self._widen_holds: dict[str, str] = {}  # node -> why its cut was not widened
 
     async def run(self) -> None:
-        """Run until cancelled; errors in one pass are logged and the loop goes on."""
-        await self._recover_isolations()
+        """Run until cancelled; errors in one pass are logged and the loop goes on.
+
+        With leader election the isolations are recovered when this replica becomes the
+        leader, not here, since the leader may cut and restore until then.
+        """
+        if self._leading is None:
+            await self._recover_isolations()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._every(self.settings.inventory_refresh_s, self.refresh))
@@ -255,6 +265,9 @@ class Controller:
                     extra={"attempt": attempt, "error": str(err)},
                 )
                 await self._clock.sleep(self.settings.inventory_refresh_s)
+        self._load_recorded(recorded)
+
+    def _load_recorded(self, recorded: Sequence[RecordedIsolation]) -> None:
         for record in recorded:
             isolation = _recovered(record, self._clock.wall())
             self._table(isolation.kind)[isolation.name] = isolation
@@ -267,6 +280,66 @@ class Controller:
                     "complete": isolation.verified,
                 },
             )
+
+    @property
+    def acting(self) -> bool:
+        """Whether this replica cuts and restores: always without leader election, else while
+        it leads and once it has recovered the recorded isolations."""
+        return self._acting and (self._leading is None or self._leading())
+
+    async def _may_act(self) -> bool:
+        """Take over as leader or stand down, as the Lease requires; True when this pass may act."""
+        if self._leading is None:
+            return True
+        if not self._leading():
+            self.stand_down()
+            return False
+        if not self._acting:
+            # This pass decided on the tables from before the take-over, so it acts on nothing.
+            await self._take_over()
+            return False
+        return True
+
+    async def _take_over(self) -> None:
+        """Recover the isolations that the cluster records before acting as the new leader.
+
+        The previous leader may have cut or restored anything since this replica last led,
+        so its own tables are replaced. Acting starts only once the records are read.
+        """
+        try:
+            recorded = await self._cluster.recorded_isolations()
+        except SourceError as err:
+            logger.warning(
+                "could not read existing cuts before acting as leader, will retry",
+                extra={"error": str(err)},
+            )
+            return
+        for table in (self.isolations, self.pod_isolations, self.splits):
+            table.clear()
+        self._load_recorded(recorded)
+        # The previous leader received the heartbeats until now, so this replica's history is
+        # as thin as after a restart: the start-up grace applies again.
+        self._memory = Memory.empty(started_at=self._clock.monotonic())
+        self._acting = True
+        self._metrics.leader.set(1)
+        logger.info("acting as leader", extra={"isolations": len(recorded)})
+
+    def stand_down(self) -> None:
+        """Stop acting at once: cancel every action in flight and forget the isolations.
+
+        A Pod cut writes its record before it changes any condition, so the next leader
+        recovers a cancelled cut from that record and completes it.
+        """
+        if not self._acting or self._leading is None:
+            return
+        self._acting = False
+        self._metrics.leader.set(0)
+        cancelled = len(self._in_flight)
+        for task in self._in_flight.values():
+            task.cancel()
+        for table in (self.isolations, self.pod_isolations, self.splits):
+            table.clear()
+        logger.warning("stopped acting: leadership lost", extra={"cancelled": cancelled})
 
     def _table(self, kind: TargetKind) -> dict[str, Isolation]:
         if kind is TargetKind.NODE:
@@ -281,6 +354,8 @@ class Controller:
         """List the edge nodes and set the serving gate on Pods of healthy nodes."""
         nodes = await self._cluster.list_edge_nodes()
         self.store.sync_inventory(nodes)
+        if not self.acting:
+            return
         regions = {node.name: node.region for node in nodes}
         for isolation in [*self.isolations.values(), *self.pod_isolations.values()]:
             if not isolation.region:
@@ -374,17 +449,19 @@ class Controller:
         self.state.passes += 1
         self.state.last_pass_at = now
         self._publish(assessment)
-        for decision in decisions:
-            self._start(decision)
-        for region_decision in region_decisions:
-            self._start_split(region_decision.kind, region_decision.region, region_decision.reason)
-        self._start_repairs(assessment, now)
-        self._start_expiries(now)
-        if self._recheck.due(now):
-            self._launch(RECHECK_KEY, self._recheck_cuts)
-        for name in newly_healthy:
-            if name not in self.isolations and name not in self._in_flight:
-                self._in_flight[name] = asyncio.create_task(self._ensure_serving(name))
+        # A follower gathers evidence and classifies like the leader, but writes nothing.
+        if await self._may_act():
+            for decision in decisions:
+                self._start(decision)
+            for split_decision in region_decisions:
+                self._start_split(split_decision.kind, split_decision.region, split_decision.reason)
+            self._start_repairs(assessment, now)
+            self._start_expiries(now)
+            if self._recheck.due(now):
+                self._launch(RECHECK_KEY, self._recheck_cuts)
+            for name in newly_healthy:
+                if name not in self.isolations and name not in self._in_flight:
+                    self._in_flight[name] = asyncio.create_task(self._ensure_serving(name))
         self._metrics.loop_seconds.observe(self._clock.monotonic() - started)
 
     def _newly_healthy(self, assessment: Assessment) -> list[str]:

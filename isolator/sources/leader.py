@@ -7,10 +7,15 @@ resourceVersion, so two replicas racing for an expired Lease cannot both win.
 A leader that cannot renew before ``renew_deadline_s`` steps down on its own, before any other
 replica may take over (renew deadline < lease duration), so two leaders never act at once as
 long as the replicas' clocks run at the same rate.
+
+With a Pod name, the elector also labels Pods with ``isolator.io/leader``: "true" on its own
+Pod while it leads, "false" otherwise, and a new leader sets "false" on every other Pod that
+is still labelled "true". A Service that selects the label routes its traffic to the leader alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,8 +27,11 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from isolator.clock import Clock
 from isolator.sources.errors import SourceError
+from isolator.sources.kubernetes.source import _load_api_client
 
 logger = logging.getLogger(__name__)
+
+LEADER_LABEL = "isolator.io/leader"
 
 
 def _micro_time(wall: float) -> datetime:
@@ -44,12 +52,17 @@ class LeaderElector:
         renew_deadline_s: float = 10.0,
         retry_period_s: float = 2.0,
         on_change: Callable[[bool], None] | None = None,
+        pod_name: str | None = None,
     ) -> None:
         if not retry_period_s < renew_deadline_s < lease_duration_s:
             raise ValueError(
                 "leader election needs retry_period_s < renew_deadline_s < lease_duration_s"
             )
+        self._client = api
         self._api = client.CoordinationV1Api(api)
+        self._core = client.CoreV1Api(api)
+        self._pod_name = pod_name  # this replica's Pod in ``namespace``; None labels nothing
+        self._labeled: bool | None = None  # the leader label last written on that Pod
         self._namespace = namespace
         self._name = name
         self.identity = identity
@@ -57,7 +70,7 @@ class LeaderElector:
         self._lease_duration_s = lease_duration_s
         self._renew_deadline_s = renew_deadline_s
         self._retry_period_s = retry_period_s
-        self._on_change = on_change
+        self.on_change = on_change  # called with the new state on every change
         self._leader = False
         self._last_renewed = 0.0  # monotonic time of the last successful acquire or renew
         # The holder and renew time of the Lease as last read, and when it was read, so that
@@ -65,10 +78,39 @@ class LeaderElector:
         self._observed: tuple[str | None, Any] = (None, None)
         self._observed_at = 0.0
 
+    @classmethod
+    async def create(
+        cls,
+        kubeconfig: str | None,
+        namespace: str,
+        name: str,
+        identity: str,
+        clock: Clock,
+        **options: Any,
+    ) -> LeaderElector:
+        """Build an elector on a Kubernetes client of its own, which ``close`` closes.
+
+        A client of its own keeps Lease renewals from waiting behind the requests of a large
+        cut. Raises KubernetesError when the credentials cannot be loaded.
+        """
+        api = await _load_api_client(kubeconfig)
+        return cls(api, namespace, name, identity, clock, **options)
+
+    async def close(self) -> None:
+        """Close the Kubernetes client."""
+        await self._client.close()
+
     @property
     def is_leader(self) -> bool:
         self._check_deadline()
         return self._leader
+
+    @property
+    def leader_identity(self) -> str | None:
+        """The holder of the Lease as this replica last read it; None when unknown or free."""
+        if self.is_leader:
+            return self.identity
+        return self._observed[0] or None
 
     def _check_deadline(self) -> None:
         """Step down when the Lease was not renewed within the renew deadline."""
@@ -80,14 +122,18 @@ class LeaderElector:
         try:
             while True:
                 try:
-                    await self.try_acquire_or_renew()
+                    # A request that hangs must not keep a leader from noticing its deadline.
+                    async with asyncio.timeout(self._renew_deadline_s):
+                        await self.try_acquire_or_renew()
                 except (SourceError, ApiException, aiohttp.ClientError, TimeoutError) as err:
                     # Unreachable API: keep trying; the renew deadline makes a leader step down.
                     logger.warning("leader election failed", extra={"error": repr(err)})
                 self._check_deadline()
+                await self._label_pods()
                 await self._clock.sleep(self._retry_period_s)
         finally:
             await self._release()
+            await self._label_pods()
 
     async def try_acquire_or_renew(self) -> bool:
         """Take or renew the Lease once; returns whether this replica leads afterwards."""
@@ -160,8 +206,8 @@ class LeaderElector:
             "leadership changed",
             extra={"leader": leader, "identity": self.identity, "reason": reason},
         )
-        if self._on_change is not None:
-            self._on_change(leader)
+        if self.on_change is not None:
+            self.on_change(leader)
 
     async def _release(self) -> None:
         """Give the Lease up on shutdown so that another replica takes over at once."""
@@ -176,3 +222,34 @@ class LeaderElector:
                 await self._api.replace_namespaced_lease(self._name, self._namespace, lease)
         except (ApiException, aiohttp.ClientError, OSError) as err:
             logger.warning("could not release the Lease", extra={"error": repr(err)})
+
+    async def _label_pods(self) -> None:
+        """Write this replica's leadership into its Pod's label, once per change.
+
+        A new leader also sets "false" on every other Pod labelled "true", such as the Pod of a
+        leader that crashed or lost its connection to the API server before it could do so.
+        """
+        leader = self._leader
+        if self._pod_name is None or leader == self._labeled:
+            return
+        try:
+            await self._set_label(self._pod_name, leader)
+            if leader:
+                pods = await self._core.list_namespaced_pod(
+                    self._namespace, label_selector=f"{LEADER_LABEL}=true"
+                )
+                for pod in pods.items:
+                    if pod.metadata.name != self._pod_name:
+                        await self._set_label(pod.metadata.name, False)
+        except (ApiException, aiohttp.ClientError, OSError, TimeoutError) as err:
+            logger.warning(
+                "could not label the Pods with the leader, will retry",
+                extra={"pod": self._pod_name, "leader": leader, "error": repr(err)},
+            )
+            return
+        self._labeled = leader
+
+    async def _set_label(self, pod: str, leader: bool) -> None:
+        body = {"metadata": {"labels": {LEADER_LABEL: "true" if leader else "false"}}}
+        async with asyncio.timeout(self._renew_deadline_s):
+            await self._core.patch_namespaced_pod(pod, self._namespace, body)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -17,6 +18,7 @@ from isolator.lab import cluster
 from isolator.lab.controlplane import ControlPlane
 from isolator.model import CUT_ANNOTATION
 from isolator.sources.kubernetes import KubernetesSource
+from isolator.sources.leader import LEADER_LABEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -161,36 +163,83 @@ async def test_isolator_role_allows_exactly_what_it_uses(
     assert result.stdout.strip() == expected, (verb, resource, result.stdout, result.stderr)
 
 
-async def test_leader_lease_only_in_own_namespace(
-    control_plane: ControlPlane, control_plane_bin_dir: Path, installed_rbac: None
+LEASE = "leases.coordination.k8s.io"
+
+
+@pytest.mark.parametrize(
+    ("verb", "lease", "namespace", "expected"),
+    [
+        ("get", f"{LEASE}/isolator-leader", NAMESPACE, "yes"),
+        ("update", f"{LEASE}/isolator-leader", NAMESPACE, "yes"),
+        ("create", LEASE, NAMESPACE, "yes"),
+        ("update", f"{LEASE}/other-lease", NAMESPACE, "no"),
+        ("get", f"{LEASE}/other-lease", NAMESPACE, "no"),
+        ("delete", f"{LEASE}/isolator-leader", NAMESPACE, "no"),
+        ("update", f"{LEASE}/isolator-leader", "kube-node-lease", "no"),
+        ("create", LEASE, "kube-node-lease", "no"),
+    ],
+    ids=[
+        "get-own-lease",
+        "update-own-lease",
+        "create-in-own-namespace",
+        "update-other-lease",
+        "get-other-lease",
+        "delete-own-lease",
+        "update-in-node-lease-namespace",
+        "create-in-node-lease-namespace",
+    ],
+)
+async def test_leader_lease_rights_limited_to_one_lease(
+    control_plane: ControlPlane,
+    control_plane_bin_dir: Path,
+    installed_rbac: None,
+    verb: str,
+    lease: str,
+    namespace: str,
+    expected: str,
 ) -> None:
-    own = await asyncio.to_thread(
+    result = await asyncio.to_thread(
         kubectl,
         control_plane,
         control_plane_bin_dir,
         "auth",
         "can-i",
-        "update",
-        "leases.coordination.k8s.io",
+        verb,
+        lease,
         "-n",
-        NAMESPACE,
-        f"--as={ISOLATOR_USER}",
-    )
-    other = await asyncio.to_thread(
-        kubectl,
-        control_plane,
-        control_plane_bin_dir,
-        "auth",
-        "can-i",
-        "update",
-        "leases.coordination.k8s.io",
-        "-n",
-        "kube-node-lease",
+        namespace,
         f"--as={ISOLATOR_USER}",
     )
 
-    assert own.stdout.strip() == "yes"
-    assert other.stdout.strip() == "no"
+    assert result.stdout.strip() == expected, (verb, lease, namespace, result.stderr)
+
+
+async def test_two_replicas_and_service_selects_leader(
+    control_plane: ControlPlane, control_plane_bin_dir: Path, installed_rbac: None
+) -> None:
+    result = await asyncio.to_thread(
+        kubectl,
+        control_plane,
+        control_plane_bin_dir,
+        "kustomize",
+        str(REPO_ROOT / "deploy/base"),
+    )
+    assert result.returncode == 0, result.stderr
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout)}
+    deployment = documents[("Deployment", "isolator")]
+    service = documents[("Service", "isolator")]
+    budget = documents[("PodDisruptionBudget", "isolator")]
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    config_map = documents[("ConfigMap", "isolator")]
+
+    assert deployment["spec"]["replicas"] == 2
+    assert config_map["data"]["ISOLATOR_LEADER_ELECTION"] == "true"
+    assert service["spec"]["selector"][LEADER_LABEL] == "true"
+    assert budget["spec"]["minAvailable"] == 1
+    pod_name = env["ISOLATOR_LEADER_ELECTION_POD_NAME"]["valueFrom"]["fieldRef"]
+    assert pod_name["fieldPath"] == "metadata.name"
+    namespace = env["ISOLATOR_LEADER_ELECTION_NAMESPACE"]["valueFrom"]["fieldRef"]
+    assert namespace["fieldPath"] == "metadata.namespace"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
