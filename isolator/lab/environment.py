@@ -16,14 +16,17 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
@@ -43,7 +46,7 @@ from isolator.lab.netns import (
     RegionNetwork,
     remove_stale_namespaces,
 )
-from isolator.lab.process import ManagedProcess
+from isolator.lab.process import ManagedProcess, wait_listening
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,9 @@ class LabSpec:
     # libfaketime intercepts every clock read: the lab's API responded about nine times slower
     # under it (120 ms against 13 ms a request, measured on 2 loaded cores).
     fake_isolator_clock: bool = False
+    # Route the isolator's Kubernetes traffic through a relay (isolator.lab.relay), so that
+    # Lab.cut_apiserver_path can make the API unavailable to the isolator alone.
+    apiserver_relay: bool = False
     # ISOLATOR_LAB_KEEP=1 keeps the work folder with every log after the lab stops.
     keep_files: bool = field(default_factory=lambda: os.environ.get("ISOLATOR_LAB_KEEP") == "1")
 
@@ -206,6 +212,7 @@ class Lab:
         self._control_plane: ControlPlane | None = None
         self._monitoring: Monitoring | None = None
         self._isolator: ManagedProcess | None = None
+        self._relay: ManagedProcess | None = None
         self._api: k8s.ApiClient | None = None
 
     async def __aenter__(self) -> Lab:
@@ -249,6 +256,11 @@ class Lab:
         assert self._control_plane is not None, "the lab is not started"
         return self._control_plane.kubeconfig
 
+    @property
+    def _isolator_kubeconfig(self) -> Path:
+        """The kubeconfig ``isolator serve`` uses: through the relay when the spec asks."""
+        return self.work_dir / "isolator-kubeconfig.yaml" if self._relay else self.kubeconfig
+
     async def start(self) -> None:
         """Start every component and wait until each node is healthy and every Pod serves."""
         self._lock = LabLock.acquire()
@@ -259,6 +271,8 @@ class Lab:
         await self._control_plane.start()
         self._api = await k8s_config.new_client_from_config(str(self.kubeconfig))
         await self._create_objects()
+        if self.spec.apiserver_relay:
+            await self._start_relay()
         owner = self.agent_uid if self.spec.per_node_uids else None
         self._tokens = LabTokens.create(self.work_dir / "auth", list(self.nodes), owner)
 
@@ -286,6 +300,8 @@ class Lab:
             process.stop(timeout_s=2.0)
         if self._isolator is not None:
             self._isolator.stop(timeout_s=5.0)
+        if self._relay is not None:
+            self._relay.stop(timeout_s=2.0)
         if self._monitoring is not None:
             await self._monitoring.stop()
         if self._api is not None:
@@ -339,7 +355,7 @@ class Lab:
             **_fast_isolator_settings(self.spec.heartbeat_interval_s),
             "ISOLATOR_LISTEN_HOST": "0.0.0.0",
             "ISOLATOR_LISTEN_PORT": str(self.isolator_port),
-            "ISOLATOR_KUBECONFIG": str(self.kubeconfig),
+            "ISOLATOR_KUBECONFIG": str(self._isolator_kubeconfig),
             "ISOLATOR_PROMETHEUS_URL": self.monitoring.central_url,
             "ISOLATOR_ALERTMANAGER_URL": self.monitoring.alertmanager_url,
             "ISOLATOR_AGENT_PORT": str(AGENT_PORT),
@@ -409,6 +425,48 @@ class Lab:
         self._start_isolator()
         if wait:
             await self.wait_until_serving(timeout_s=60.0)
+
+    async def _start_relay(self) -> None:
+        assert self._control_plane is not None
+        target = urllib.parse.urlsplit(self._control_plane.server_url)
+        assert target.hostname is not None
+        assert target.port is not None
+        port = free_port("127.0.0.1")
+        self._relay = ManagedProcess(
+            "apiserver-relay",
+            [
+                sys.executable,
+                "-m",
+                "isolator.lab.relay",
+                str(port),
+                target.hostname,
+                str(target.port),
+            ],
+            self.work_dir / "logs" / "apiserver-relay.log",
+        )
+        self._relay.start()
+        document = yaml.safe_load(self.kubeconfig.read_text())
+        for entry in document["clusters"]:
+            entry["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        self._isolator_kubeconfig.write_text(yaml.safe_dump(document, sort_keys=False))
+        self._isolator_kubeconfig.chmod(0o600)
+        await wait_listening(self._relay, "127.0.0.1", port, timeout_s=10.0)
+
+    def cut_apiserver_path(self) -> None:
+        """Make the kube-apiserver unavailable to the isolator alone (LabSpec.apiserver_relay).
+
+        Its open connections are reset and new ones hang unanswered; KWOK, the controllers and
+        the tests keep their own direct connections.
+        """
+        assert self._relay is not None, "the lab runs without an apiserver relay"
+        self._relay.send_signal(signal.SIGUSR1)
+        logger.info("apiserver path of the isolator cut")
+
+    def restore_apiserver_path(self) -> None:
+        """Give the isolator its path to the kube-apiserver back."""
+        assert self._relay is not None, "the lab runs without an apiserver relay"
+        self._relay.send_signal(signal.SIGUSR2)
+        logger.info("apiserver path of the isolator restored")
 
     def kill_isolator(self) -> None:
         """Kill ``isolator serve`` with SIGKILL, as a crash or an evicted Pod would end it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -89,6 +90,11 @@ class ManagedProcess:
         if self._popen is not None:
             self._popen.wait()
 
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process itself, not its group; does nothing once it has exited."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(sig)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the process group with SIGTERM, then SIGKILL after ``timeout_s``."""
         if self._popen is None:
@@ -108,3 +114,24 @@ class ManagedProcess:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._popen.pid, sig)
+
+
+async def wait_listening(process: ManagedProcess, host: str, port: int, timeout_s: float) -> None:
+    """Wait until ``host:port`` accepts a TCP connection; raise if the process exits first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        process.check_running()
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if loop.time() > deadline:
+                raise ProcessFailedError(
+                    f"{process.name} did not listen on {host}:{port} within {timeout_s} s; "
+                    f"last lines of {process.log_path}:\n{log_tail(process.log_path)}"
+                ) from None
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return

@@ -1,0 +1,229 @@
+"""Faults of the isolator's own dependencies, on the real components: the kube-apiserver out of
+reach for a minute, the central Prometheus down, and Alertmanager sending a storm of alerts.
+
+In each case no cut is made on missing evidence, no action is lost or repeated, and the
+isolator recovers by itself once the dependency is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from isolator.lab.environment import Lab, LabSpec
+from tests.e2e.conftest import start_lab
+
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.timeout(420),
+]
+
+# How long the kube-apiserver stays out of the isolator's reach.
+APISERVER_OUTAGE_S = float(os.environ.get("ISOLATOR_TEST_APISERVER_OUTAGE_S", "60"))
+# How long the central Prometheus stays down with a crashed node behind it.
+PROMETHEUS_OUTAGE_S = float(os.environ.get("ISOLATOR_TEST_PROMETHEUS_OUTAGE_S", "15"))
+STORM_ALERTS = 1000
+STORM_BATCH = 100
+# Generous for a loaded 2-core machine. `make bench` measures the latency itself.
+CUT_DEADLINE_S = 30.0
+CRASHED = "r1-n02"
+T = TypeVar("T")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def lab() -> AsyncIterator[Lab]:
+    lab = await start_lab(LabSpec(regions=["r1", "r2"], nodes_per_region=3, apiserver_relay=True))
+    try:
+        yield lab
+    finally:
+        await lab.stop()
+
+
+async def eventually(
+    read: Callable[[], Awaitable[T]], accept: Callable[[T], bool], what: str, timeout_s: float
+) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = await read()
+        if accept(value):
+            return value
+        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s: {value!r}"
+        await asyncio.sleep(0.2)
+
+
+def pods_of(lab: Lab, node: str) -> set[str]:
+    return {pod for pod, on in lab.pods.items() if on == node}
+
+
+async def audit_of(lab: Lab, target: str) -> list[tuple[str, str]]:
+    return [(r["action"], r["result"]) for r in await lab.get("/v1/audit") if r["target"] == target]
+
+
+async def audit_details(lab: Lab, target: str) -> list[dict[str, Any]]:
+    return [r for r in await lab.get("/v1/audit") if r["target"] == target]
+
+
+async def recover(lab: Lab, node: str) -> None:
+    await lab.recover_node(node)
+    await lab.wait_until_serving(timeout_s=60.0)
+    await eventually(
+        lambda: lab.get("/v1/isolations"), lambda found: found == [], "restore done", 30.0
+    )
+
+
+async def watch_while(lab: Lab, seconds: float) -> tuple[set[str], float]:
+    """Poll the Service and the read API for ``seconds``; return every Pod that was ever out of
+    the ready endpoints, and the slowest /v1/status response."""
+    everything = set(lab.pods)
+    missing: set[str] = set()
+    slowest = 0.0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        lab.check_isolator_running()
+        started = time.monotonic()
+        await lab.get("/v1/status")
+        slowest = max(slowest, time.monotonic() - started)
+        missing |= everything - await lab.ready_pods()
+        await asyncio.sleep(0.5)
+    return missing, slowest
+
+
+async def test_apiserver_unreachable_for_a_minute(lab: Lab) -> None:
+    crashed = pods_of(lab, CRASHED)
+    lab.cut_apiserver_path()
+    try:
+        await lab.crash_node(CRASHED)
+        await eventually(
+            lab.node_verdicts, lambda v: v[CRASHED] == "failed", "failed verdict", 15.0
+        )
+        # The verdict is in but no write can land, so nothing may be half done or lost.
+        cut_early, slowest = await watch_while(lab, APISERVER_OUTAGE_S)
+    finally:
+        lab.restore_apiserver_path()
+
+    assert cut_early == set(), "no Pod could be cut while the API was out of reach"
+    assert slowest < 5.0, f"the read API stalled {slowest:.1f} s behind the apiserver"
+    await eventually(
+        lab.ready_pods, lambda ready: not crashed & ready, "cut after the outage", CUT_DEADLINE_S
+    )
+    assert set(lab.pods) - crashed <= await lab.ready_pods(), "only the crashed node is cut"
+    audit = await eventually(
+        lambda: audit_of(lab, CRASHED),
+        lambda records: ("cut", "verified") in records,
+        "the cut's audit record",
+        10.0,
+    )
+    assert audit.count(("cut", "verified")) == 1, await audit_details(lab, CRASHED)
+    await recover(lab, CRASHED)
+    assert [a for a, _ in await audit_of(lab, CRASHED)].count("restore") >= 1
+
+
+async def test_central_prometheus_down_never_cuts_a_silent_node(lab: Lab) -> None:
+    crashed = pods_of(lab, CRASHED)
+    lab.monitoring.kill_central()
+    try:
+        await lab.crash_node(CRASHED)
+        node = await eventually(
+            lambda: lab.get(f"/v1/nodes/{CRASHED}"),
+            lambda n: n["verdict"] == "suspect",
+            "suspect verdict",
+            15.0,
+        )
+        assert "no fresh in-site view" in node["reason"], node
+        cut_early, _ = await watch_while(lab, PROMETHEUS_OUTAGE_S)
+        regions = await lab.region_verdicts()
+    finally:
+        await lab.monitoring.start_central()
+
+    assert cut_early == set(), "a silent node without an in-site view must not be cut"
+    assert set(regions.values()) == {"monitoring_degraded"}, regions
+    await eventually(
+        lab.ready_pods,
+        lambda ready: not crashed & ready,
+        "cut once the in-site view is back",
+        CUT_DEADLINE_S,
+    )
+    assert set(lab.pods) - crashed <= await lab.ready_pods(), "only the crashed node is cut"
+    await recover(lab, CRASHED)
+
+
+def storm_alerts(lab: Lab, first: int, count: int, ends_at: datetime) -> list[dict[str, Any]]:
+    nodes = sorted(lab.nodes)
+    return [
+        {
+            "labels": {
+                "alertname": "LabStorm",
+                "region": lab.nodes[nodes[i % len(nodes)]],
+                "node": nodes[i % len(nodes)],
+                "seq": str(i),
+            },
+            "annotations": {"summary": f"storm alert {i}"},
+            "endsAt": ends_at.isoformat(),
+        }
+        for i in range(first, first + count)
+    ]
+
+
+async def post_to_alertmanager(lab: Lab, alerts: list[dict[str, Any]]) -> None:
+    url = f"{lab.monitoring.alertmanager_url}/api/v2/alerts"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10.0)) as session,
+        session.post(url, json=alerts) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+async def alerts_recorded(lab: Lab) -> float:
+    """Return how many alert states the webhook recorded; a duplicate delivery never counts."""
+    headers = {"Authorization": f"Bearer {lab.tokens.viewer}"}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5.0)) as session,
+        session.get(f"{lab.isolator_url}/metrics", headers=headers) as response,
+    ):
+        text = await response.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('isolator_webhook_alerts_total{outcome="recorded"}')
+    )
+
+
+async def test_alert_storm_of_a_thousand(lab: Lab) -> None:
+    everything = set(lab.pods)
+    before = await alerts_recorded(lab)
+    ends_at = datetime.now(UTC) + timedelta(minutes=10)
+
+    for first in range(0, STORM_ALERTS, STORM_BATCH):
+        await post_to_alertmanager(lab, storm_alerts(lab, first, STORM_BATCH, ends_at))
+    delivered = await eventually(
+        lambda: alerts_recorded(lab),
+        lambda total: total - before >= STORM_ALERTS,
+        "every storm alert recorded",
+        60.0,
+    )
+    cut, slowest = await watch_while(lab, 5.0)
+
+    assert cut == set(), "alerts alone never cut"
+    assert slowest < 5.0, f"the read API stalled {slowest:.1f} s under the storm"
+    firing = await lab.get(f"/v1/nodes/{CRASHED}")
+    assert "LabStorm" in firing["evidence"]["firing_alerts"], firing
+    # Resolving the storm changes nothing either: a "resolved" alone never restores or cuts.
+    now = datetime.now(UTC)
+    for first in range(0, STORM_ALERTS, STORM_BATCH):
+        await post_to_alertmanager(lab, storm_alerts(lab, first, STORM_BATCH, now))
+    await eventually(
+        lambda: alerts_recorded(lab),
+        lambda total: total - delivered >= STORM_ALERTS,
+        "every resolution recorded",
+        60.0,
+    )
+    assert await lab.ready_pods() == everything
+    assert await lab.get("/v1/isolations") == []
