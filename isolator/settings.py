@@ -200,7 +200,9 @@ class Settings(BaseSettings):
             "it, in seconds. A more severe verdict applies at once. Five seconds outlasts the "
             "heartbeat timeout (three seconds at the defaults), so a region whose silent nodes "
             "hover at the partition threshold keeps its verdict instead of flipping every "
-            "pass. 0 turns this hysteresis off."
+            "pass. The global fail-safe ends only after the estate has looked normal for as "
+            "long, so regions coming back one by one after a central fault cause no cuts "
+            "while the evidence settles. 0 turns this hysteresis off."
         ),
     )
     grey_scoring: bool = Field(

@@ -1,9 +1,11 @@
-"""Hysteresis on region verdicts: a more severe verdict applies at once, a milder one only after
-the evidence has supported it for a hold time.
+"""Hysteresis on region verdicts and on the global fail-safe: a more severe verdict applies at
+once, a milder one only after the evidence has supported it for a hold time.
 
 Without it a region whose silent nodes hover at the partition threshold flips between
 partitioned and normal on consecutive passes. Each flip resets the split-horizon timers, and a
-single pass judged normal could let a cut through in a region that is really cut off.
+single pass judged normal could let a cut through in a region that is really cut off. The same
+holds for the estate: while regions come back one by one after a central fault, one pass under
+the fail-safe threshold would let cuts through on evidence that is still settling.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from isolator.model import Assessment, RegionAssessment, RegionVerdict
+from isolator.model import Assessment, GlobalVerdict, RegionAssessment, RegionVerdict
 
 # Most severe first. A partition stops every cut in the region, lost monitoring hides the
 # site's own view, and a degraded region has failed nodes.
@@ -34,25 +36,53 @@ class _InForce:
     milder_since: float | None = None  # monotonic time the evidence first pointed milder
 
 
+@dataclass(slots=True)
+class _FailSafe:
+    reason: str  # why the estate went fail-safe
+    normal_since: float | None = None  # monotonic time the evidence first pointed normal
+
+
 class RegionHysteresis:
-    """Keeps each region's verdict until a milder one has held for ``hold_s`` seconds.
+    """Keeps each region's verdict until a milder one has held for ``hold_s`` seconds, and the
+    global fail-safe until the estate has looked normal for as long.
 
     The counts of nodes, silent and failed nodes always come from the current pass; only the
-    verdict and its reason are kept. A hold time of 0 passes every verdict through.
+    verdicts and their reasons are kept. A hold time of 0 passes every verdict through.
     """
 
     def __init__(self, hold_s: float) -> None:
         self._hold_s = hold_s
         self._held: dict[str, _InForce] = {}
+        self._fail_safe: _FailSafe | None = None
 
     def apply(self, assessment: Assessment, now: float) -> Assessment:
-        """Return ``assessment`` with every region's verdict after hysteresis."""
+        """Return ``assessment`` with every region's verdict and the global one after hysteresis."""
         regions = {
             name: self._settle(name, current, now) for name, current in assessment.regions.items()
         }
         for removed in self._held.keys() - regions.keys():
             del self._held[removed]
-        return dataclasses.replace(assessment, regions=regions)
+        verdict, reason = self._settle_global(assessment, now)
+        return dataclasses.replace(assessment, verdict=verdict, reason=reason, regions=regions)
+
+    def _settle_global(self, current: Assessment, now: float) -> tuple[GlobalVerdict, str]:
+        if current.verdict is GlobalVerdict.FAIL_SAFE:
+            self._fail_safe = _FailSafe(current.reason)
+            return current.verdict, current.reason
+        held = self._fail_safe
+        if held is None:
+            return current.verdict, current.reason
+        if held.normal_since is None:
+            held.normal_since = now
+        waited = now - held.normal_since
+        if waited >= self._hold_s:
+            self._fail_safe = None
+            return current.verdict, current.reason
+        reason = (
+            f"{held.reason}; kept for {self._hold_s - waited:.1f} s more, the estate now looks "
+            f"{current.verdict.value}: {current.reason}"
+        )
+        return GlobalVerdict.FAIL_SAFE, reason
 
     def _settle(self, name: str, current: RegionAssessment, now: float) -> RegionAssessment:
         held = self._held.get(name)

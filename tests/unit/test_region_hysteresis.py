@@ -63,6 +63,37 @@ def test_severe_pass_restarts_hold() -> None:
     assert region.verdict is PARTITIONED  # milder for 0 s, not for 6 s
 
 
+def estate(verdict: GlobalVerdict) -> Assessment:
+    region = RegionAssessment("r1", NORMAL, "all nodes accounted for", 10, 0, 0)
+    return Assessment(verdict, f"estate {verdict.value}", {"r1": region}, {})
+
+
+def test_fail_safe_kept_until_normal_held() -> None:
+    hysteresis = RegionHysteresis(HOLD_S)
+    hysteresis.apply(estate(GlobalVerdict.FAIL_SAFE), now=0.0)
+
+    kept = hysteresis.apply(estate(GlobalVerdict.NORMAL), now=1.0)
+    still = hysteresis.apply(estate(GlobalVerdict.NORMAL), now=5.9)
+    eased = hysteresis.apply(estate(GlobalVerdict.NORMAL), now=6.0)
+
+    assert kept.verdict is GlobalVerdict.FAIL_SAFE
+    assert "now looks normal" in kept.reason
+    assert still.verdict is GlobalVerdict.FAIL_SAFE
+    assert eased.verdict is GlobalVerdict.NORMAL
+    assert eased.reason == "estate normal"
+
+
+def test_fail_safe_pass_restarts_global_hold() -> None:
+    hysteresis = RegionHysteresis(HOLD_S)
+    hysteresis.apply(estate(GlobalVerdict.FAIL_SAFE), now=0.0)
+    hysteresis.apply(estate(GlobalVerdict.NORMAL), now=1.0)
+    hysteresis.apply(estate(GlobalVerdict.FAIL_SAFE), now=4.0)
+
+    settled = hysteresis.apply(estate(GlobalVerdict.NORMAL), now=7.0)
+
+    assert settled.verdict is GlobalVerdict.FAIL_SAFE  # normal for 0 s, not for 6 s
+
+
 def test_zero_hold_passes_verdicts_through() -> None:
     hysteresis = RegionHysteresis(0.0)
     hysteresis.apply(assessment(PARTITIONED, 6), now=0.0)
