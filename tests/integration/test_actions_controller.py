@@ -236,7 +236,9 @@ async def test_partitioned_region_split_and_rejoined(
 
         harness.silent.clear()
         harness.dark_regions.clear()
-        await run_settled(harness, 12.0)
+        # The region verdict eases after its hold, then the rejoin waits out the restore hold.
+        settings = harness.controller.settings
+        await run_settled(harness, settings.region_verdict_hold_s + 12.0)
 
         assert regions[0] not in harness.controller.splits
         assert await read_spec(api, namespace, "portal") == original
