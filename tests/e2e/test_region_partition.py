@@ -19,6 +19,8 @@ pytestmark = [
 
 REGION = "r3"
 HOLD_S = 60.0
+# The region verdict hold (5 s by default) plus slack for a loaded machine.
+NORMAL_AFTER_HEAL_S = 15.0
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -53,4 +55,11 @@ async def test_healed_region_back_to_normal(lab: Lab) -> None:
 
     await lab.wait_until_serving(timeout_s=30.0)
 
-    assert (await lab.region_verdicts())[REGION] == "normal"
+    # A milder region verdict applies only after it held for ISOLATOR_REGION_VERDICT_HOLD_S.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + NORMAL_AFTER_HEAL_S
+    verdict = (await lab.region_verdicts())[REGION]
+    while verdict != "normal" and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        verdict = (await lab.region_verdicts())[REGION]
+    assert verdict == "normal"
