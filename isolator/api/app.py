@@ -215,7 +215,11 @@ def create_app(
         stale_after = max(5 * settings.loop_interval_s, 5.0)
         return last is not None and clock.monotonic() - last <= stale_after
 
-    @app.get("/healthz")
+    loop_stopped: dict[int | str, dict[str, Any]] = {
+        503: {"description": "The control loop made no pass recently."}
+    }
+
+    @app.get("/healthz", responses=loop_stopped)
     async def healthz() -> JSONResponse:
         if not loop_running():
             return JSONResponse({"status": "control loop not running"}, status_code=503)
@@ -224,7 +228,7 @@ def create_app(
     # A follower is ready too: it serves the read API, and a readiness that only the leader
     # passed would stall every rolling update. The isolator Service reaches the leader alone
     # through the isolator.io/leader Pod label.
-    @app.get("/readyz")
+    @app.get("/readyz", responses=loop_stopped)
     async def readyz() -> JSONResponse:
         running = loop_running()
         body = {

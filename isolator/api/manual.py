@@ -51,7 +51,7 @@ RegionPath = Annotated[str, Path(min_length=1, max_length=63)]
 STATUS_BY_RESULT = {"verified": 200, "dry_run": 200, "unverified": 202, "error": 502}
 ACTION_RESPONSES = {
     202: {"description": "Written but not yet confirmed by reading back; the loop tries again."},
-    **error_responses(404, 409, 502),
+    **error_responses(404, 409, 502, 503),
 }
 
 # Module level, so that FastAPI resolves the handlers' string annotations that name it.

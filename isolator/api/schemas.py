@@ -116,4 +116,5 @@ ERRORS = {
     413: "Request body larger than 1 MiB, or an invalid Content-Length.",
     422: "Invalid request; fields names each invalid field and its problem.",
     502: "Kubernetes failed the request.",
+    503: "This replica does not hold the Lease; the body's leader field names the one that does.",
 }
