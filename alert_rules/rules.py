@@ -20,7 +20,13 @@ RULES_FILE_NAME = "isolator.rules.yml"
 
 # Held-cut checks that mean a safety budget ran out. The engine labels isolator_action_held_total
 # with the text of a hold reason before its first colon.
-BUDGET_CHECKS = ("region budget exceeded", "region cooldown", "rate limit")
+BUDGET_CHECKS = (
+    "region budget exceeded",
+    "region cooldown",
+    "rate limit",
+    "min ready endpoints",
+    "ready endpoints unknown",
+)
 
 # IsolatorHeartbeatIngestLagging fires when the isolator accepts a smaller share than this of
 # the heartbeats that the agents report sending.
@@ -149,8 +155,8 @@ ALERTS: list[Alert] = [
         severity="warning",
         summary="The isolator holds cuts: {{ $labels.check }}",
         description=(
-            "Nodes were judged failed but their cuts are held because a safety budget ran "
-            "out ({{ $labels.check }}); {{ $value | humanize }} held decisions in 5 minutes. "
+            "Nodes were judged failed but a safety check holds their cuts "
+            "({{ $labels.check }}); {{ $value | humanize }} held decisions in 5 minutes. "
             "Their endpoints still receive traffic until a person decides."
         ),
     ),

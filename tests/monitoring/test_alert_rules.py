@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from alert_rules.rules import ALERTS, BUDGET_CHECKS, RECORDING_RULES, RULES_FILE_NAME
+from isolator.engine.capacity import MIN_READY_CHECK, UNKNOWN_CHECK
 from isolator.engine.decide import Kind, Memory, Policy, decide
 from isolator.model import (
     Assessment,
@@ -172,4 +173,4 @@ def test_budget_checks_match_engine_hold_reasons() -> None:
     assert budget == {"region budget exceeded"}
     assert cooldown == {"region cooldown"}
     assert rate == {"rate limit"}
-    assert set(BUDGET_CHECKS) == budget | cooldown | rate
+    assert set(BUDGET_CHECKS) == budget | cooldown | rate | {MIN_READY_CHECK, UNKNOWN_CHECK}
