@@ -209,8 +209,8 @@ class Settings(BaseSettings):
         False,
         description=(
             "Score nodes for grey failure with the learned model. The model only makes healthy "
-            "nodes suspect; it never causes a cut. Off by default: it was trained on simulated "
-            "data only, and a half-open link's dropped probes still read as grey to it."
+            "nodes suspect; it never causes a cut. Off by default, because it was trained on "
+            "simulated data only."
         ),
     )
     grey_model_path: str | None = Field(

@@ -98,10 +98,7 @@ class EvidenceStore:
         if evidence.last_heartbeat_at is not None:
             gap = now - evidence.last_heartbeat_at
             if gap > self._outage_gap_s:
-                evidence.history_reset_at = now
-                evidence.probe_rtts.clear()
-                evidence.heartbeat_gaps.clear()
-                evidence.ingress_results.clear()
+                _restart_history(evidence, now)
             else:
                 _push(evidence.heartbeat_gaps, gap)
         evidence.last_heartbeat_at = now
@@ -119,6 +116,11 @@ class EvidenceStore:
         evidence = self.nodes.get(node)
         if evidence is None:
             return
+        # The first answer after an outage in the probe direction (a half-open link, say)
+        # starts the history afresh, as a heartbeat after silence does.
+        last_ok = evidence.last_probe_ok_at
+        if ok and last_ok is not None and now - last_ok > self._outage_gap_s:
+            _restart_history(evidence, now)
         _push(evidence.probe_rtts, rtt_s if ok else None)
         if ok:
             evidence.last_probe_ok_at = now
@@ -152,6 +154,14 @@ class EvidenceStore:
             evidence.firing_fingerprints.pop(fingerprint, None)
         evidence.firing_alerts = set(evidence.firing_fingerprints.values())
         return True
+
+
+def _restart_history(evidence: NodeEvidence, now: float) -> None:
+    """Forget the history that grey scoring reads: it describes the node before an outage."""
+    evidence.history_reset_at = now
+    evidence.probe_rtts.clear()
+    evidence.heartbeat_gaps.clear()
+    evidence.ingress_results.clear()
 
 
 def _count_failures(failures: dict[str, int], health: Mapping[str, bool]) -> None:

@@ -501,14 +501,6 @@ class ProbeFailureModel:
 
 # F14 with grey scoring: a half-open link makes the node a grey-failure suspect, which is
 # right while probes fail, but the suspicion must end with the heal like every other verdict.
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "grey scores are computed from the last 30 probe results every grey_score_interval_s "
-        "and stay applied until the next scoring, so a healed node stays suspect until the "
-        "failed probes leave its history"
-    ),
-)
 async def test_half_open_grey_suspicion_ends_with_heal() -> None:
     scorer = GreyScorer(ProbeFailureModel())  # type: ignore[arg-type]
     harness = await Harness.start(grey_scorer=scorer)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import deque
 
+from isolator.engine.evidence import EvidenceStore
 from isolator.engine.grey import GreyScorer, measure
 from isolator.learning import DEFAULT_MODEL_PATH, GreyFailureModel, GreyScore
-from isolator.model import NodeEvidence, NodeVerdict, RegionVerdict
+from isolator.model import EdgeNode, NodeEvidence, NodeVerdict, RegionVerdict
 from tests.unit.harness import Harness
 
 
@@ -105,3 +106,30 @@ async def test_score_from_before_an_outage_dropped() -> None:
     await harness.run_for(1.0)
 
     assert harness.node_verdict("r1-n03") is NodeVerdict.HEALTHY
+
+
+def test_probe_outage_restarts_history() -> None:
+    store = EvidenceStore(outage_gap_s=3.0)
+    store.sync_inventory([EdgeNode("n1", "r1", "http://n1")])
+    store.record_probe("n1", True, now=0.0, rtt_s=0.01)
+    for second in range(1, 6):
+        store.record_probe("n1", False, now=float(second))
+
+    store.record_probe("n1", True, now=6.0, rtt_s=0.01)
+
+    evidence = store.nodes["n1"]
+    assert evidence.history_reset_at == 6.0
+    assert list(evidence.probe_rtts) == [0.01]
+
+
+def test_short_probe_gap_keeps_history() -> None:
+    store = EvidenceStore(outage_gap_s=3.0)
+    store.sync_inventory([EdgeNode("n1", "r1", "http://n1")])
+    store.record_probe("n1", True, now=0.0, rtt_s=0.01)
+    store.record_probe("n1", False, now=1.0)
+
+    store.record_probe("n1", True, now=2.0, rtt_s=0.02)
+
+    evidence = store.nodes["n1"]
+    assert evidence.history_reset_at is None
+    assert list(evidence.probe_rtts) == [0.01, None, 0.02]
