@@ -8,11 +8,14 @@ it is. Settings are loaded once at start-up and passed explicitly.
 from __future__ import annotations
 
 import socket
+import ssl
 import uuid
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from isolator import tls
 
 
 class Settings(BaseSettings):
@@ -344,6 +347,44 @@ class Settings(BaseSettings):
         ),
     )
 
+    tls_cert_file: str | None = Field(
+        None,
+        description=(
+            "Path of the PEM certificate chain that the API serves HTTPS with; set it with "
+            "tls_key_file. Unset serves plain HTTP, as the lab does."
+        ),
+    )
+    tls_key_file: str | None = Field(
+        None,
+        description="Path of the unencrypted PEM private key of tls_cert_file.",
+    )
+    tls_client_ca_file: str | None = Field(
+        None,
+        description=(
+            "Path of a PEM CA bundle for mutual TLS: every client must then present a "
+            "certificate signed by it, besides its bearer token. Needs tls_cert_file. The "
+            "kubelet's httpGet probes present no client certificate, so they fail against it: "
+            "probe /healthz and /readyz with tcpSocket instead."
+        ),
+    )
+    probe_ca_file: str | None = Field(
+        None,
+        description=(
+            "Path of a PEM CA bundle that verifies the agents' serving certificates. Set means "
+            "probes go over https, so every agent must serve TLS; unset probes over plain http."
+        ),
+    )
+    probe_tls_server_name: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Name that each agent's certificate is checked against instead of the Node's "
+            "InternalIP, so that one certificate with this DNS name serves every agent. Unset "
+            "checks the InternalIP, which must then be an IP SAN of that agent's certificate. "
+            "Needs probe_ca_file."
+        ),
+    )
+
     leader_election: bool = Field(
         False,
         description=(
@@ -446,6 +487,53 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "probe_ca_file")
+    @classmethod
+    def _check_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _readable(value, f"ISOLATOR_{str(info.field_name).upper()}")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        _require_pair(
+            ("ISOLATOR_TLS_CERT_FILE", self.tls_cert_file),
+            ("ISOLATOR_TLS_KEY_FILE", self.tls_key_file),
+        )
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError(
+                "ISOLATOR_TLS_CLIENT_CA_FILE is set without ISOLATOR_TLS_CERT_FILE: mutual TLS "
+                "needs the API to serve HTTPS, so set ISOLATOR_TLS_CERT_FILE and "
+                "ISOLATOR_TLS_KEY_FILE too"
+            )
+        if self.probe_tls_server_name is not None and self.probe_ca_file is None:
+            raise ValueError(
+                "ISOLATOR_PROBE_TLS_SERVER_NAME is set without ISOLATOR_PROBE_CA_FILE: probes "
+                "go over https only with a CA bundle to verify the agents"
+            )
+        # Loading the files once here turns a key that does not match its certificate into a
+        # start-up error instead of a failure at the first connection.
+        self.api_ssl_context()
+        self.probe_ssl_context()
+        return self
+
+    def api_ssl_context(self) -> ssl.SSLContext | None:
+        """Build the API's server context, or return None when it serves plain HTTP."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        client_ca = None
+        if self.tls_client_ca_file is not None:
+            client_ca = (self.tls_client_ca_file, "ISOLATOR_TLS_CLIENT_CA_FILE")
+        return tls.server_context(
+            (self.tls_cert_file, "ISOLATOR_TLS_CERT_FILE"),
+            (self.tls_key_file, "ISOLATOR_TLS_KEY_FILE"),
+            client_ca,
+        )
+
+    def probe_ssl_context(self) -> ssl.SSLContext | None:
+        """Build the probes' client context, or return None when probes use plain HTTP."""
+        if self.probe_ca_file is None:
+            return None
+        return tls.client_context(ca=(self.probe_ca_file, "ISOLATOR_PROBE_CA_FILE"))
+
 
 class AgentSettings(BaseSettings):
     """Settings of the node agent (``isolator agent``)."""
@@ -455,6 +543,36 @@ class AgentSettings(BaseSettings):
     node: str = Field(description="Kubernetes Node name of the node the agent runs on.")
     region: str = Field(description="Region of the node, as in its topology label.")
     isolator_url: str = Field(description="Base URL of the isolator API, for heartbeats.")
+    isolator_ca_file: str | None = Field(
+        None,
+        description=(
+            "Path of a PEM CA bundle that verifies the isolator's certificate when isolator_url "
+            "is https. Unset verifies it against the system's trust store."
+        ),
+    )
+    isolator_client_cert_file: str | None = Field(
+        None,
+        description=(
+            "Path of the PEM client certificate that the agent presents to the isolator, for "
+            "mutual TLS; set it with isolator_client_key_file. Needs an https isolator_url."
+        ),
+    )
+    isolator_client_key_file: str | None = Field(
+        None,
+        description="Path of the unencrypted PEM private key of isolator_client_cert_file.",
+    )
+    tls_cert_file: str | None = Field(
+        None,
+        description=(
+            "Path of the PEM certificate chain that the agent serves /probe, /metrics and "
+            "/healthz with, over HTTPS; set it with tls_key_file. Unset serves plain HTTP. The "
+            "isolator's probe_ca_file and the edge Prometheus's scrape must then use https."
+        ),
+    )
+    tls_key_file: str | None = Field(
+        None,
+        description="Path of the unencrypted PEM private key of tls_cert_file.",
+    )
     listen_host: str = Field("0.0.0.0", description="Address the agent binds to.")
     listen_port: int = Field(9910, ge=1, le=65535, description="TCP port of the agent.")
     heartbeat_interval_s: float = Field(
@@ -489,3 +607,78 @@ class AgentSettings(BaseSettings):
             "with 401, so a rotated token takes effect without a restart. Unset sends none."
         ),
     )
+
+    @property
+    def isolator_https(self) -> bool:
+        """Whether heartbeats go to the isolator over TLS."""
+        return self.isolator_url.lower().startswith("https://")
+
+    @field_validator(
+        "isolator_ca_file",
+        "isolator_client_cert_file",
+        "isolator_client_key_file",
+        "tls_cert_file",
+        "tls_key_file",
+    )
+    @classmethod
+    def _check_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _readable(value, f"ISOLATOR_AGENT_{str(info.field_name).upper()}")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        _require_pair(
+            ("ISOLATOR_AGENT_ISOLATOR_CLIENT_CERT_FILE", self.isolator_client_cert_file),
+            ("ISOLATOR_AGENT_ISOLATOR_CLIENT_KEY_FILE", self.isolator_client_key_file),
+        )
+        _require_pair(
+            ("ISOLATOR_AGENT_TLS_CERT_FILE", self.tls_cert_file),
+            ("ISOLATOR_AGENT_TLS_KEY_FILE", self.tls_key_file),
+        )
+        for variable, value in [
+            ("ISOLATOR_AGENT_ISOLATOR_CA_FILE", self.isolator_ca_file),
+            ("ISOLATOR_AGENT_ISOLATOR_CLIENT_CERT_FILE", self.isolator_client_cert_file),
+        ]:
+            if value is not None and not self.isolator_https:
+                raise ValueError(
+                    f"{variable} needs an https ISOLATOR_AGENT_ISOLATOR_URL, but the URL is "
+                    f"{self.isolator_url!r}: change it to https, or unset {variable}"
+                )
+        # Loading the files once here turns a key that does not match its certificate into a
+        # start-up error instead of a failure at the first heartbeat.
+        self.isolator_ssl_context()
+        self.serving_ssl_context()
+        return self
+
+    def isolator_ssl_context(self) -> ssl.SSLContext | None:
+        """Build the heartbeats' client context, or return None when isolator_url is http."""
+        if not self.isolator_https:
+            return None
+        ca = cert = key = None
+        if self.isolator_ca_file is not None:
+            ca = (self.isolator_ca_file, "ISOLATOR_AGENT_ISOLATOR_CA_FILE")
+        if self.isolator_client_cert_file is not None and self.isolator_client_key_file is not None:
+            cert = (self.isolator_client_cert_file, "ISOLATOR_AGENT_ISOLATOR_CLIENT_CERT_FILE")
+            key = (self.isolator_client_key_file, "ISOLATOR_AGENT_ISOLATOR_CLIENT_KEY_FILE")
+        return tls.client_context(ca, cert, key)
+
+    def serving_ssl_context(self) -> ssl.SSLContext | None:
+        """Build the context the agent serves with, or return None for plain HTTP."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return tls.server_context(
+            (self.tls_cert_file, "ISOLATOR_AGENT_TLS_CERT_FILE"),
+            (self.tls_key_file, "ISOLATOR_AGENT_TLS_KEY_FILE"),
+        )
+
+
+def _readable(path: str | None, variable: str) -> str | None:
+    return None if path is None else tls.check_readable(path, variable)
+
+
+def _require_pair(cert: tuple[str, str | None], key: tuple[str, str | None]) -> None:
+    """Reject a certificate without its key, or a key without its certificate."""
+    (cert_variable, cert_path), (key_variable, key_path) = cert, key
+    if cert_path is not None and key_path is None:
+        raise ValueError(f"{cert_variable} is set without {key_variable}: set both, or neither")
+    if key_path is not None and cert_path is None:
+        raise ValueError(f"{key_variable} is set without {cert_variable}: set both, or neither")

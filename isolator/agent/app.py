@@ -81,6 +81,7 @@ class Agent:
         self.components: dict[str, CheckResult] = {}
         self.ingress: CheckResult | None = None
         self._token = self._read_token()
+        self._isolator_ssl = settings.isolator_ssl_context()
 
     def _read_token(self) -> str | None:
         """Return the API token from the token file, or None without one.
@@ -108,6 +109,26 @@ class Agent:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         return app
+
+    async def start_server(self) -> web.AppRunner:
+        """Serve the web app on the listen address, over TLS when the settings give a certificate.
+
+        The caller cleans the returned runner up.
+        """
+        runner = web.AppRunner(self.web_app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            self.settings.listen_host,
+            self.settings.listen_port,
+            ssl_context=self.settings.serving_ssl_context(),
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return runner
 
     async def _probe(self, _: web.Request) -> web.Response:
         self.metrics.probes.inc()
@@ -143,11 +164,18 @@ class Agent:
             self.metrics.ingress_up.set(int(self.ingress.ok))
             self.metrics.ingress_seconds.set(self.ingress.duration_s)
 
+    def isolator_session(self) -> aiohttp.ClientSession:
+        """Open the session for heartbeats, with TLS from the settings when the URL is https."""
+        timeout = aiohttp.ClientTimeout(total=self.settings.heartbeat_timeout_s)
+        connector = None
+        if self._isolator_ssl is not None:
+            connector = aiohttp.TCPConnector(ssl=self._isolator_ssl)
+        return aiohttp.ClientSession(timeout=timeout, connector=connector)
+
     async def send_heartbeats(self) -> None:
         """Send one heartbeat per interval until cancelled; failures are logged and counted."""
-        timeout = aiohttp.ClientTimeout(total=self.settings.heartbeat_timeout_s)
         url = f"{self.settings.isolator_url.rstrip('/')}/v1/heartbeats"
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with self.isolator_session() as session:
             while True:
                 started = self._clock.monotonic()
                 await self.send_one(session, url)
@@ -175,6 +203,16 @@ class Agent:
                 if response.status == 401:
                     # The token may have been rotated: the next heartbeat reads it again.
                     self._token = self._read_token()
+        except aiohttp.ClientConnectorCertificateError as err:
+            # The next heartbeat fails alike until the files change, so the log names them.
+            self._note(
+                "error",
+                error=str(err.certificate_error),
+                hint=(
+                    "the isolator's TLS certificate failed verification; check "
+                    "ISOLATOR_AGENT_ISOLATOR_CA_FILE and the host in ISOLATOR_AGENT_ISOLATOR_URL"
+                ),
+            )
         except (aiohttp.ClientError, TimeoutError) as err:
             self._note("error", error=repr(err))
 
@@ -190,13 +228,16 @@ class Agent:
 async def run_agent(settings: AgentSettings) -> None:
     """Serve the agent's endpoints and send heartbeats until cancelled."""
     agent = Agent(settings)
-    runner = web.AppRunner(agent.web_app(), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
-    await site.start()
+    runner = await agent.start_server()
     logger.info(
         "agent started",
-        extra={"node": settings.node, "region": settings.region, "port": settings.listen_port},
+        extra={
+            "node": settings.node,
+            "region": settings.region,
+            "port": settings.listen_port,
+            "tls": settings.tls_cert_file is not None,
+            "isolator_tls": settings.isolator_https,
+        },
     )
     try:
         async with asyncio.TaskGroup() as group:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from functools import partial
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from isolator.api.app import create_app
 from isolator.clock import SystemClock
@@ -33,6 +35,7 @@ async def run_service(settings: Settings) -> None:
     cluster = await KubernetesSource.create(
         settings.kubeconfig,
         agent_port=settings.agent_port,
+        agent_scheme="https" if settings.probe_ca_file is not None else "http",
         dry_run=settings.dry_run,
         verify_timeout_s=settings.verify_timeout_s,
     )
@@ -45,7 +48,11 @@ async def run_service(settings: Settings) -> None:
         metrics=metrics,
         clock=clock,
     )
-    prober = AgentProber(timeout_s=settings.probe_timeout_s)
+    prober = AgentProber(
+        timeout_s=settings.probe_timeout_s,
+        ssl_context=settings.probe_ssl_context(),
+        server_name=settings.probe_tls_server_name,
+    )
     alerts = (
         AlertmanagerSource(settings.alertmanager_url, timeout_s=settings.prometheus_timeout_s)
         if settings.alertmanager_url
@@ -82,19 +89,14 @@ async def run_service(settings: Settings) -> None:
     if elector is not None:
         elector.on_change = partial(_leadership_changed, controller)
     app = create_app(controller, metrics, clock, elector)
-    config = uvicorn.Config(
-        app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(api_server_config(app, settings))
     logger.info(
         "isolator started",
         extra={
             "port": settings.listen_port,
+            "tls": settings.tls_cert_file is not None,
+            "mutual_tls": settings.tls_client_ca_file is not None,
+            "probe_tls": settings.probe_ca_file is not None,
             "dry_run": settings.dry_run,
             "identity": None if elector is None else elector.identity,
         },
@@ -120,6 +122,27 @@ async def run_service(settings: Settings) -> None:
         prometheus.close()
         await cluster.close()
         logger.info("isolator stopped")
+
+
+def api_server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """Build the uvicorn configuration of the API: plain HTTP, or TLS from the settings.
+
+    The files were loaded once when the settings were validated, so uvicorn loading them again
+    fails only if they changed in between.
+    """
+    client_ca = settings.tls_client_ca_file
+    return uvicorn.Config(
+        app,
+        host=settings.listen_host,
+        port=settings.listen_port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
+        ssl_ca_certs=client_ca,
+        ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED,
+    )
 
 
 def _leadership_changed(controller: Controller, leading: bool) -> None:

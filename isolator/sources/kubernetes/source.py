@@ -83,6 +83,7 @@ class KubernetesSource:
         kube: KubernetesClient,
         *,
         agent_port: int,
+        agent_scheme: str = "http",
         dry_run: bool,
         clock: Clock,
         verify_timeout_s: float,
@@ -91,6 +92,7 @@ class KubernetesSource:
     ) -> None:
         self._kube = kube
         self._agent_port = agent_port
+        self._agent_scheme = agent_scheme
         self._dry_run = dry_run
         self._clock = clock
         self._verify_timeout_s = verify_timeout_s
@@ -110,6 +112,7 @@ class KubernetesSource:
         agent_port: int,
         dry_run: bool = False,
         *,
+        agent_scheme: str = "http",
         clock: Clock | None = None,
         verify_timeout_s: float = 5.0,
         request_timeout_s: float = 5.0,
@@ -119,7 +122,7 @@ class KubernetesSource:
 
         ``verify_timeout_s`` bounds the read-back after a cut or restore, ``request_timeout_s``
         each request, and ``poll_interval_s`` is the pause between EndpointSlice reads, all in
-        seconds.
+        seconds. ``agent_scheme`` is the scheme of the agents' URLs: https when they serve TLS.
         """
         clock = clock or SystemClock()
         api_client = await _load_api_client(kubeconfig)
@@ -127,6 +130,7 @@ class KubernetesSource:
         return cls(
             kube,
             agent_port=agent_port,
+            agent_scheme=agent_scheme,
             dry_run=dry_run,
             clock=clock,
             verify_timeout_s=verify_timeout_s,
@@ -151,7 +155,7 @@ class KubernetesSource:
         url = None
         if internal and internal[0]:
             host = f"[{internal[0]}]" if ":" in internal[0] else internal[0]
-            url = f"http://{host}:{self._agent_port}"
+            url = f"{self._agent_scheme}://{host}:{self._agent_port}"
         return EdgeNode(
             name=metadata.get("name", ""),
             region=(metadata.get("labels") or {}).get(REGION_LABEL, ""),
