@@ -360,8 +360,7 @@ class Controller:
         for isolation in [*self.isolations.values(), *self.pod_isolations.values()]:
             if not isolation.region:
                 isolation.region = regions.get(isolation.node, "")
-        for name in self._healthy_uncut():
-            await self._cluster.ensure_serving(name)
+        await self._cluster.ensure_serving_nodes(self._healthy_uncut())
 
     def _healthy_uncut(self) -> list[str]:
         assessment = self.state.assessment

@@ -7,7 +7,7 @@ real adapters in the service.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Collection, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -228,6 +228,8 @@ class Cluster(Protocol):
     async def check_held_cuts(self, held: Sequence[HeldCut]) -> Sequence[CutDrift]: ...
 
     async def ensure_serving(self, node: str) -> int: ...
+
+    async def ensure_serving_nodes(self, nodes: Collection[str]) -> int: ...
 
     async def recorded_isolations(self) -> Sequence[RecordedIsolation]: ...
 

@@ -240,6 +240,22 @@ async def test_ensure_serving_makes_gated_pods_ready(
     assert [await source.ensure_serving(node) for node in estate.nodes] == [0, 0, 0]
 
 
+async def test_ensure_serving_nodes_serves_only_those_named(
+    api: ApiClient, estate: Estate, source: KubernetesSource
+) -> None:
+    endpoints = ready_endpoints(api, estate.namespace)
+    assert await endpoints() == set(), "gated Pods stay unready until the isolator serves them"
+    first, second, third = estate.nodes
+
+    changed = await source.ensure_serving_nodes([first, second])
+
+    assert changed == 2 * PODS_PER_NODE
+    served = estate.names(first, second)
+    await eventually(endpoints, lambda ready: ready == served, "the two nodes' Pods ready")
+    assert await source.ensure_serving_nodes([first, second]) == 0
+    assert await source.ensure_serving_nodes([third]) == PODS_PER_NODE
+
+
 async def test_cut_drops_exactly_one_nodes_pods(
     api: ApiClient, serving: Estate, source: KubernetesSource
 ) -> None:

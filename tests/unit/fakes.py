@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +155,10 @@ class FakeCluster:
 
     async def ensure_serving(self, node: str) -> int:
         self.serving.append(node)
+        return 0
+
+    async def ensure_serving_nodes(self, nodes: Collection[str]) -> int:
+        self.serving.extend(nodes)
         return 0
 
     async def recorded_isolations(self) -> list[Recorded]:

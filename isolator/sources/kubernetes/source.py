@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from kubernetes_asyncio import client, config
@@ -195,15 +195,34 @@ class KubernetesSource:
         logs them and returns 0, so gated Pods stay unready under a dry-run isolator.
         """
         targets = [pod for pod in await self._pods_on(node) if patches.needs_serving(pod)]
+        return await self._serve(targets, f"node {node}")
+
+    async def ensure_serving_nodes(self, nodes: Collection[str]) -> int:
+        """Do what ensure_serving does for every node in ``nodes``, from one list of all Pods.
+
+        The periodic pass over every healthy node uses this: one list per node would cost as
+        many requests as there are nodes, every inventory refresh.
+        """
+        if not nodes:
+            return 0
+        wanted = set(nodes)
+        targets = [
+            pod
+            for pod in await self._kube.list_pods()
+            if (pod.get("spec") or {}).get("nodeName") in wanted and patches.needs_serving(pod)
+        ]
+        return await self._serve(targets, f"{len(wanted)} healthy nodes")
+
+    async def _serve(self, targets: Sequence[Json], where: str) -> int:
         if self._dry_run:
             for pod in targets:
                 logger.info(
                     "Dry run: would set the serving condition",
-                    extra={"node": node, "pod": patches.pod_key(pod)},
+                    extra={"where": where, "pod": patches.pod_key(pod)},
                 )
             return 0
-        operation = f"set the serving condition on node {node}"
-        changed = await self._writer.for_each(targets, self._set_serving, operation, node)
+        operation = f"set the serving condition on {where}"
+        changed = await self._writer.for_each(targets, self._set_serving, operation, where)
         return sum(changed)
 
     async def _set_serving(self, pod: Json) -> bool:
