@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 audit_logger = logging.getLogger("isolator.audit")
 
 AUDIT_RECORDS_KEPT = 1000
+# Nodes that just became healthy get one Pod list each up to this many, one list of all Pods
+# beyond it.
+SERVE_NODE_BY_NODE_MAX = 8
 PROBE_CONCURRENCY = 64
 # Who the audit names for the control loop's own actions, TTL expiries included.
 CONTROLLER = "isolator"
@@ -458,9 +461,11 @@ class Controller:
             self._start_expiries(now)
             if self._recheck.due(now):
                 self._launch(RECHECK_KEY, self._recheck_cuts)
-            for name in newly_healthy:
-                if name not in self.isolations and name not in self._in_flight:
-                    self._in_flight[name] = asyncio.create_task(self._ensure_serving(name))
+            busy = self.isolations.keys() | self._in_flight.keys()
+            serve = [name for name in newly_healthy if name not in busy]
+            if serve:
+                task = asyncio.create_task(self._ensure_serving(serve))
+                self._in_flight.update(dict.fromkeys(serve, task))
         self._metrics.loop_seconds.observe(self._clock.monotonic() - started)
 
     def _newly_healthy(self, assessment: Assessment) -> list[str]:
@@ -683,13 +688,28 @@ class Controller:
             reason = f"TTL of the isolation by {isolation.who} expired"
             self._launch(isolation.key, partial(self.release, isolation, reason, CONTROLLER))
 
-    async def _ensure_serving(self, node: str) -> None:
+    async def _ensure_serving(self, nodes: list[str]) -> None:
+        """Set the serving gate on the Pods of nodes that just became healthy.
+
+        A few nodes get one Pod list each; many at once (after start-up, or when an estate's
+        evidence recovers together) get one list of all Pods instead of one per node.
+        """
+        task = asyncio.current_task()
         try:
-            await self._cluster.ensure_serving(node)
+            if len(nodes) > SERVE_NODE_BY_NODE_MAX:
+                await self._cluster.ensure_serving_nodes(nodes)
+            else:
+                for node in nodes:
+                    await self._cluster.ensure_serving(node)
         except SourceError as err:
-            logger.warning("could not set the serving gate", extra={"node": node, "error": err})
+            logger.warning(
+                "could not set the serving gate",
+                extra={"nodes": len(nodes), "first_node": nodes[0], "error": err},
+            )
         finally:
-            self._in_flight.pop(node, None)
+            for node in nodes:
+                if self._in_flight.get(node) is task:
+                    del self._in_flight[node]
 
     async def _cut(self, decision: Decision) -> None:
         fresh = self._still_failed(decision.node)

@@ -65,6 +65,7 @@ class FakeCluster:
     cuts: list[str] = field(default_factory=list)
     restores: list[str] = field(default_factory=list)
     serving: list[str] = field(default_factory=list)
+    per_node_serving_calls: int = 0  # ensure_serving calls, each a Pod list of one node
     existing_cuts: dict[str, list[str]] = field(default_factory=dict)
     recorded: list[Recorded] = field(default_factory=list)
     unverified: set[str] = field(default_factory=set)
@@ -155,6 +156,7 @@ class FakeCluster:
 
     async def ensure_serving(self, node: str) -> int:
         self.serving.append(node)
+        self.per_node_serving_calls += 1
         return 0
 
     async def ensure_serving_nodes(self, nodes: Collection[str]) -> int:

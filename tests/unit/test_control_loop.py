@@ -19,6 +19,22 @@ async def test_all_nodes_healthy_after_start() -> None:
     assert harness.cluster.cuts == []
 
 
+async def test_estate_turning_healthy_served_from_one_list() -> None:
+    harness = await Harness.start()
+    await harness.controller.settle()
+
+    assert set(harness.cluster.serving) == set(harness.controller.store.nodes)
+    assert harness.cluster.per_node_serving_calls == 0, "30 nodes at once: one list, not 30"
+
+
+async def test_few_nodes_turning_healthy_served_one_by_one() -> None:
+    harness = await Harness.start(regions=1, nodes=3)
+    await harness.controller.settle()
+
+    assert sorted(harness.cluster.serving) == sorted(harness.controller.store.nodes)
+    assert harness.cluster.per_node_serving_calls == 3
+
+
 async def test_crashed_node_cut_once_after_correlation_window() -> None:
     harness = await Harness.start()
     harness.silent.add("r1-n01")
