@@ -91,7 +91,9 @@ async def installed_rbac(control_plane: ControlPlane, control_plane_bin_dir: Pat
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("folder", ["deploy/base", "deploy/overlays/example-region"])
+@pytest.mark.parametrize(
+    "folder", ["deploy/base", "deploy/overlays/example-region", "deploy/overlays/tls"]
+)
 async def test_manifests_accepted_by_server_dry_run(
     control_plane: ControlPlane, control_plane_bin_dir: Path, installed_rbac: None, folder: str
 ) -> None:
@@ -240,6 +242,54 @@ async def test_two_replicas_and_service_selects_leader(
     assert pod_name["fieldPath"] == "metadata.name"
     namespace = env["ISOLATOR_LEADER_ELECTION_NAMESPACE"]["valueFrom"]["fieldRef"]
     assert namespace["fieldPath"] == "metadata.namespace"
+
+
+async def test_tls_overlay_mounts_its_secrets(
+    control_plane: ControlPlane, control_plane_bin_dir: Path
+) -> None:
+    result = await asyncio.to_thread(
+        kubectl,
+        control_plane,
+        control_plane_bin_dir,
+        "kustomize",
+        str(REPO_ROOT / "deploy/overlays/tls"),
+    )
+    assert result.returncode == 0, result.stderr
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout)}
+
+    for workload, secret, variables in [
+        (
+            ("Deployment", "isolator"),
+            "isolator-tls",
+            {"ISOLATOR_TLS_CERT_FILE", "ISOLATOR_TLS_KEY_FILE", "ISOLATOR_PROBE_CA_FILE"},
+        ),
+        (
+            ("DaemonSet", "isolator-agent-r1"),
+            "isolator-agent-tls",
+            {
+                "ISOLATOR_AGENT_ISOLATOR_CA_FILE",
+                "ISOLATOR_AGENT_TLS_CERT_FILE",
+                "ISOLATOR_AGENT_TLS_KEY_FILE",
+            },
+        ),
+    ]:
+        pod = documents[workload]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        [volume] = [
+            v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret
+        ]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume]
+        for variable in variables:
+            assert env[variable].startswith(mount["mountPath"] + "/"), (workload, variable)
+        assert mount["readOnly"] is True, workload
+    isolator_pod = documents[("Deployment", "isolator")]["spec"]["template"]["spec"]
+    agent_pod = documents[("DaemonSet", "isolator-agent-r1")]["spec"]["template"]["spec"]
+    [isolator], [agent] = isolator_pod["containers"], agent_pod["containers"]
+    assert isolator["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert isolator["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    agent_env = {e["name"]: e.get("value") for e in agent["env"]}
+    assert agent_env["ISOLATOR_AGENT_ISOLATOR_URL"].startswith("https://")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
