@@ -7,6 +7,7 @@ their reports. A scenario that raises is reported failed, and the lab is reset b
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import traceback
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ import aiohttp
 
 from isolator.lab.environment import Lab, LabSpec
 from isolator.lab.netns import NetnsCommandError
-from isolator.lab.scenarios import faults, field
+from isolator.lab.scenarios import actions, faults, field
 from isolator.lab.scenarios.common import (
     Context,
     EndpointWatch,
@@ -51,6 +52,10 @@ ALL: list[tuple[str, Scenario]] = [
     ("region-partition", faults.region_partition),
     ("region-cut-node-by-node", field.region_cut_node_by_node),
     ("flapping-node", faults.flapping_node),
+    ("manual-isolate-ttl", actions.manual_isolate_ttl),
+    ("selectorless-service", actions.selectorless_service),
+    ("ingress-split-horizon", actions.ingress_split_horizon),
+    ("kill-and-recover", actions.kill_and_recover),
     ("wall-clock-step", faults.wall_clock_step),
     ("central-fault-agents-silent", partial(faults.central_fault, all_links_down=False)),
     ("central-fault-all-links-down", partial(faults.central_fault, all_links_down=True)),
@@ -63,9 +68,16 @@ def scenario_spec() -> LabSpec:
     return LabSpec(
         regions=list(SCENARIO_REGIONS),
         per_node_uids=True,
-        # Long enough for the burst scenario to crash a node within the cooldown, and short
-        # enough for it to wait for the cooldown's end.
-        isolator_settings={"ISOLATOR_REGION_COOLDOWN_S": "20"},
+        isolator_settings={
+            # Long enough for the burst scenario to crash a node within the cooldown, and
+            # short enough for it to wait for the cooldown's end.
+            "ISOLATOR_REGION_COOLDOWN_S": "20",
+            # Only the split-horizon scenario labels an Ingress for a region, so a partition
+            # in any other scenario has no route to move.
+            "ISOLATOR_REGION_FALLBACK_SERVICES": json.dumps(
+                {name: actions.FALLBACK_SERVICE for name in SCENARIO_REGIONS}
+            ),
+        },
     )
 
 
