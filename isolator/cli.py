@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from isolator import logs
 from isolator.api.commands import add_commands
-from isolator.settings import AgentSettings, Settings
+from isolator.settings import AgentSettings, Settings, SettingsFileError
 
 
 def _settings_error(err: ValidationError) -> str:
@@ -75,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = int(args.run(args))
     except ValidationError as err:
         print(_settings_error(err), file=sys.stderr)
+        return 2
+    except SettingsFileError as err:
+        print(f"invalid settings:\n  {err}", file=sys.stderr)
         return 2
     return code
 

@@ -1,27 +1,95 @@
 """Typed settings for the isolator service and the node agent.
 
 Every setting reads from the environment with the prefix ``ISOLATOR_`` (service) or
-``ISOLATOR_AGENT_`` (agent). Each field states what it sets, its unit, and why its default is what
-it is. Settings are loaded once at start-up and passed explicitly.
+``ISOLATOR_AGENT_`` (agent). The service also reads one YAML file named by ``ISOLATOR_CONFIG_FILE``,
+whose keys are the field names below; an environment variable overrides the file. Each field
+states what it sets, its unit, and why its default is what it is. Settings are loaded once at
+start-up and passed explicitly.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import uuid
-from typing import Self
+from pathlib import Path
+from typing import Any, Self
 
+import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from isolator import tls
+
+CONFIG_FILE_VARIABLE = "ISOLATOR_CONFIG_FILE"
+
+
+class SettingsFileError(ValueError):
+    """The settings file named by ISOLATOR_CONFIG_FILE is missing or not a YAML mapping."""
+
+
+class SettingsFile(PydanticBaseSettingsSource):
+    """The settings in one YAML file: a mapping from field names to values.
+
+    A missing or malformed file is an error, never an empty source, so that a typo in a path
+    cannot start the service on defaults.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self._path = path
+        self._values = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        where = f"{CONFIG_FILE_VARIABLE}={self._path}"
+        try:
+            loaded = yaml.safe_load(self._path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise SettingsFileError(f"{where}: cannot read the file: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise SettingsFileError(f"{where}: not valid YAML: {err}") from err
+        if loaded is None:
+            return {}
+        if not isinstance(loaded, dict):
+            raise SettingsFileError(
+                f"{where}: expected a mapping of setting names to values, "
+                f"got {type(loaded).__name__}"
+            )
+        return {str(key): value for key, value in loaded.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)
 
 
 class Settings(BaseSettings):
     """Settings of the isolator service (``isolator serve``)."""
 
     model_config = SettingsConfigDict(env_prefix="ISOLATOR_", extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Read the arguments, then the environment, then the settings file if one is named."""
+        path = os.environ.get(CONFIG_FILE_VARIABLE)
+        sources = [init_settings, env_settings, dotenv_settings, file_secret_settings]
+        if path:
+            sources.insert(2, SettingsFile(settings_cls, Path(path)))
+        return tuple(sources)
 
     listen_host: str = Field(
         "0.0.0.0",
