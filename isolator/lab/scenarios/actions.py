@@ -38,7 +38,7 @@ from isolator.lab.scenarios.common import (
     wait_for,
 )
 from isolator.lab.scenarios.faults import region
-from isolator.model import CUT_ANNOTATION
+from isolator.model import CUT_ANNOTATION, SERVING_CONDITION
 from isolator.sources.kubernetes.horizon import SPLIT_ANNOTATION
 from isolator.sources.kubernetes.selectorless import ENDPOINTS_ANNOTATION, MANAGED_BY_LABEL
 
@@ -59,7 +59,9 @@ EXTERNAL_PORT = {"name": "main", "port": 9000, "protocol": "TCP"}
 
 # Pods on the node of the kill-and-recover scenario: the isolator writes 16 Pods at once, so a
 # SIGKILL right after the first cut record lands before the last write of the cut.
-CRASHED_PODS = 48
+# A full node (the kubelet's default --max-pods), so that the cut writes for long enough for
+# a kill to land before its last status write.
+CRASHED_PODS = 110
 KILL_POLL_S = 0.01
 
 
@@ -124,9 +126,13 @@ async def _crash_and_check_external(
     report.verdict = (await ctx.lab.node_verdicts()).get(node, "unknown")
 
     async def external_cut() -> bool:
-        return _not_ready(await _read_external_slice(ctx)) == cut_ips
+        # The slice and the Endpoints are two writes, so both are waited for.
+        endpoints = await _read_external_endpoints(ctx)
+        slice_cut = _not_ready(await _read_external_slice(ctx)) == cut_ips
+        return slice_cut and _endpoints_addresses(endpoints)[0] == cut_ips
 
-    edited = await wait_for(external_cut, ctx.timings.cut_deadline_s)
+    await wait_for(external_cut, ctx.timings.cut_deadline_s)
+    edited = _not_ready(await _read_external_slice(ctx)) == cut_ips
     endpoints = await _read_external_endpoints(ctx)
     not_ready_addresses, ready_addresses = _endpoints_addresses(endpoints)
     managers = await endpoint_slice_managers(ctx)
@@ -504,10 +510,20 @@ async def _crash_and_kill(ctx: Context, report: ScenarioReport, node: str, pods:
         at_kill = await killer
     finally:
         killer.cancel()
-    ctx.say(f"isolator killed with SIGKILL, {len(at_kill)} of {len(pods)} Pods carrying a record")
+    served_off = await _serving_off(ctx, node)
+    ctx.say(
+        f"isolator killed with SIGKILL, {len(at_kill)} of {len(pods)} Pods carrying a record, "
+        f"{len(served_off)} with the serving condition False"
+    )
     await ctx.lab.restart_isolator(wait=False)
     report.observed["records_at_kill"] = len(at_kill)
-    report.check("killed before the cut finished", 0 < len(at_kill) < len(pods))
+    report.observed["serving_off_at_kill"] = len(served_off)
+    # A cut writes each Pod's record, then its serving condition: it is half done while some
+    # Pod lacks either.
+    report.check(
+        "killed before the cut finished",
+        bool(at_kill) and len(served_off & at_kill.keys()) < len(pods),
+    )
     report.check("records only on the node's Pods", set(at_kill) <= pods)
 
     listed = await _first_pass_isolation(ctx, node)
@@ -619,6 +635,19 @@ async def _cut_records(ctx: Context, node: str) -> dict[str, str]:
         pod.metadata.name: pod.metadata.annotations[CUT_ANNOTATION]
         for pod in pods.items
         if CUT_ANNOTATION in (pod.metadata.annotations or {})
+    }
+
+
+async def _serving_off(ctx: Context, node: str) -> set[str]:
+    """Return the node's Pods whose serving condition is False."""
+    pods = await k8s.CoreV1Api(ctx.lab.api).list_namespaced_pod(
+        ctx.lab.spec.namespace, field_selector=f"spec.nodeName={node}"
+    )
+    return {
+        pod.metadata.name
+        for pod in pods.items
+        for condition in (pod.status.conditions or [])
+        if condition.type == SERVING_CONDITION and condition.status == "False"
     }
 
 

@@ -24,6 +24,11 @@ from isolator.lab.scenarios.faults import region
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
+# Age below which a federated sample counts as fresh: an edge scrape plus a federation
+# interval, with slack for a loaded machine.
+FRESH_FEDERATED_S = 3.0
+
+
 async def lingering_federated_series(ctx: Context, node: str = "r1-n03") -> ScenarioReport:
     """Cut a region's central-to-edge path, then crash one of its nodes. The central keeps
     returning the node's last `up` of 1 for minutes, but the isolator judges by sample age,
@@ -34,6 +39,17 @@ async def lingering_federated_series(ctx: Context, node: str = "r1-n03") -> Scen
     )
     report.field_cases = ["F05"]
     audit_before = len(await ctx.audit())
+    up_query = f'up{{job="isolator-agent", node="{node}"}}'
+    fresh_query = f"time() - timestamp({up_query}) < {FRESH_FEDERATED_S} and {up_query} == 1"
+
+    async def federated_fresh() -> bool:
+        return bool(await ctx.query_central(fresh_query))
+
+    # Only a series that reached the central before the break can linger there.
+    report.check(
+        "central had a fresh up of 1 before the break",
+        await wait_for(federated_fresh, ctx.timings.cut_deadline_s),
+    )
     fault = start(report)
     ctx.lab.break_federation(name)
     await ctx.lab.crash_node(node)
@@ -44,7 +60,7 @@ async def lingering_federated_series(ctx: Context, node: str = "r1-n03") -> Scen
     await hold(timings.site_max_age_s + timings.heartbeat_timeout_s + timings.heartbeat_interval_s)
     async with VerdictRecorder(ctx.lab) as recorder:
         await hold(timings.observe_s)
-    lingering = await ctx.query_central(f'up{{job="isolator-agent", node="{node}"}}')
+    lingering = await ctx.query_central(up_query)
     values = [float(item["value"][1]) for item in lingering]
     view = await ctx.lab.get(f"/v1/nodes/{node}")
     report.verdict = view["verdict"]
