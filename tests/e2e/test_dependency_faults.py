@@ -8,7 +8,9 @@ isolator recovers by itself once the dependency is back.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -17,8 +19,11 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 import pytest_asyncio
+from kubernetes_asyncio import client
 
+from isolator.lab import cluster
 from isolator.lab.environment import Lab, LabSpec
+from isolator.model import CUT_ANNOTATION
 from tests.e2e.conftest import start_lab
 
 pytestmark = [
@@ -35,6 +40,14 @@ STORM_BATCH = 100
 # Generous for a loaded 2-core machine. `make bench` measures the latency itself.
 CUT_DEADLINE_S = 30.0
 CRASHED = "r1-n02"
+# The node that a run of manual isolations and restores works on, with enough Pods that a kill
+# can land between the first and the last write (16 Pods are written at once).
+TARGET = "r2-n01"
+TARGET_PODS = 40
+KILL_ROUNDS = int(os.environ.get("ISOLATOR_TEST_KILL_ROUNDS", "6"))
+# Kills land at a random point within this long after the request is sent.
+KILL_WINDOW_S = 0.6
+KILL_POINTS = random.Random(20261204)
 T = TypeVar("T")
 
 
@@ -227,3 +240,88 @@ async def test_alert_storm_of_a_thousand(lab: Lab) -> None:
     )
     assert await lab.ready_pods() == everything
     assert await lab.get("/v1/isolations") == []
+
+
+async def records(lab: Lab, node: str) -> set[str]:
+    """Return the node's Pods that carry a cut record."""
+    pods = await client.CoreV1Api(lab.api).list_namespaced_pod(
+        lab.spec.namespace, field_selector=f"spec.nodeName={node}"
+    )
+    return {p.metadata.name for p in pods.items if CUT_ANNOTATION in (p.metadata.annotations or {})}
+
+
+async def identities(lab: Lab) -> dict[str, tuple[str, tuple[int, ...]]]:
+    pods = await client.CoreV1Api(lab.api).list_namespaced_pod(lab.spec.namespace)
+    return {
+        p.metadata.name: (
+            p.metadata.uid,
+            tuple(s.restart_count for s in p.status.container_statuses or []),
+        )
+        for p in pods.items
+    }
+
+
+async def request(lab: Lab, path: str, reason: str) -> int | None:
+    """POST a manual action; None when the isolator died before it responded."""
+    body = json.dumps({"reason": reason}).encode()
+    try:
+        status, _ = await lab.post(path, body, "application/json")
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    return status
+
+
+async def until_serving_api(lab: Lab) -> None:
+    deadline = time.monotonic() + 60.0
+    while True:
+        try:
+            if (await lab.get("/v1/status"))["passes"] >= 1:
+                return
+        except (aiohttp.ClientError, TimeoutError):
+            pass  # still starting
+        assert time.monotonic() < deadline, "the restarted isolator ran no pass within 60 s"
+        await asyncio.sleep(0.1)
+
+
+async def test_sigkill_at_random_points_of_manual_actions(lab: Lab) -> None:
+    namespace, service = lab.spec.namespace, lab.spec.service
+    for k in range(lab.spec.pods_per_node, TARGET_PODS):
+        pod = f"{service}-{TARGET}-{k}"
+        await cluster.create_pod(lab.api, namespace, pod, TARGET, {"app": service})
+        lab.pods[pod] = TARGET
+    await lab.wait_until_serving(timeout_s=60.0)
+    pods = pods_of(lab, TARGET)
+    before = await identities(lab)
+    cut_path = f"/v1/isolations/nodes/{TARGET}"
+
+    for round_index in range(KILL_ROUNDS):
+        isolate = round_index % 2 == 0
+        path = cut_path if isolate else f"{cut_path}/restore"
+        sent = asyncio.create_task(request(lab, path, f"kill round {round_index}"))
+        await asyncio.sleep(KILL_POINTS.uniform(0.0, KILL_WINDOW_S))
+        lab.kill_isolator()
+        answered = await sent
+        at_kill = await records(lab, TARGET)
+        await lab.restart_isolator(wait=False)
+        await until_serving_api(lab)
+
+        # Whatever the kill interrupted, the restarted isolator ends in one whole state.
+        settled = await eventually(
+            lambda: records(lab, TARGET),
+            lambda found: found in (set(), pods),
+            f"round {round_index}: a whole state after a kill with {len(at_kill)} records",
+            30.0,
+        )
+        if answered == 200:
+            assert settled == (pods if isolate else set()), f"round {round_index}: acknowledged"
+        # A request the kill cut short is the caller's to repeat; repeating is harmless.
+        status = await request(lab, path, f"kill round {round_index}, again")
+        assert status in (200, 404), f"round {round_index}: repeat answered {status}"
+        wanted = pods if isolate else set()
+        assert await records(lab, TARGET) == wanted, f"round {round_index}"
+
+    if KILL_ROUNDS % 2:
+        assert await request(lab, f"{cut_path}/restore", "end of the kill rounds") == 200
+    await eventually(lab.ready_pods, lambda ready: pods <= ready, "every Pod serving", 30.0)
+    assert await records(lab, TARGET) == set()
+    assert await identities(lab) == before, "no Pod was deleted, replaced or restarted"
