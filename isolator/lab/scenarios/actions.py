@@ -57,10 +57,9 @@ SLICE_CONTROLLER = "endpointslice-controller.k8s.io"
 UNRELATED_IP = "10.99.0.7"  # an endpoint address that is no Pod
 EXTERNAL_PORT = {"name": "main", "port": 9000, "protocol": "TCP"}
 
-# Pods on the node of the kill-and-recover scenario: the isolator writes 16 Pods at once, so a
-# SIGKILL right after the first cut record lands before the last write of the cut.
-# A full node (the kubelet's default --max-pods), so that the cut writes for long enough for
-# a kill to land before its last status write.
+# Pods on the node of the kill-and-recover scenario: a full node (the kubelet's default
+# --max-pods). The isolator writes 16 Pods at once, so a SIGKILL right after the first cut
+# record lands before the last status write of the cut.
 CRASHED_PODS = 110
 KILL_POLL_S = 0.01
 
