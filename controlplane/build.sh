@@ -5,7 +5,7 @@
 # Usage: controlplane/build.sh            builds what is missing and prints the bin folder
 #
 # Environment:
-#   ISOLATOR_BIN_DIR    a folder that already holds all four binaries; nothing is built
+#   ISOLATOR_BIN_DIR    a folder that already holds all five binaries; nothing is built
 #   ISOLATOR_CACHE_DIR  cache root (default: ${XDG_CACHE_HOME:-$HOME/.cache}/isolator)
 set -euo pipefail
 

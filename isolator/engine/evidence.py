@@ -116,8 +116,8 @@ class EvidenceStore:
         evidence = self.nodes.get(node)
         if evidence is None:
             return
-        # The first answer after an outage in the probe direction (a half-open link, say)
-        # starts the history afresh, as a heartbeat after silence does.
+        # The first successful probe after an outage in the probe direction (a half-open link,
+        # say) starts the history afresh, as a heartbeat after silence does.
         last_ok = evidence.last_probe_ok_at
         if ok and last_ok is not None and now - last_ok > self._outage_gap_s:
             _restart_history(evidence, now)

@@ -691,8 +691,8 @@ class Controller:
     async def _ensure_serving(self, nodes: list[str]) -> None:
         """Set the serving gate on the Pods of nodes that just became healthy.
 
-        A few nodes get one Pod list each; many at once (after start-up, or when an estate's
-        evidence recovers together) get one list of all Pods instead of one per node.
+        A few nodes get one Pod list each. Many at once (after start-up, or when an estate's
+        evidence recovers together) share one list of all Pods instead.
         """
         task = asyncio.current_task()
         try:

@@ -258,7 +258,7 @@ class Lab:
 
     @property
     def _isolator_kubeconfig(self) -> Path:
-        """The kubeconfig ``isolator serve`` uses: through the relay when the spec asks."""
+        """The kubeconfig ``isolator serve`` uses: through the relay when the spec requests it."""
         return self.work_dir / "isolator-kubeconfig.yaml" if self._relay else self.kubeconfig
 
     async def start(self) -> None:

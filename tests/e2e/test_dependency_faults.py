@@ -12,19 +12,18 @@ import json
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from kubernetes_asyncio import client
 
 from isolator.lab import cluster
 from isolator.lab.environment import Lab, LabSpec
-from isolator.model import CUT_ANNOTATION
 from tests.e2e.conftest import start_lab
+from tests.e2e.test_actions import eventually, identities, pods_of, records
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -48,7 +47,6 @@ KILL_ROUNDS = int(os.environ.get("ISOLATOR_TEST_KILL_ROUNDS", "6"))
 # Kills land at a random point within this long after the request is sent.
 KILL_WINDOW_S = 0.6
 KILL_POINTS = random.Random(20261204)
-T = TypeVar("T")
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -58,22 +56,6 @@ async def lab() -> AsyncIterator[Lab]:
         yield lab
     finally:
         await lab.stop()
-
-
-async def eventually(
-    read: Callable[[], Awaitable[T]], accept: Callable[[T], bool], what: str, timeout_s: float
-) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await read()
-        if accept(value):
-            return value
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s: {value!r}"
-        await asyncio.sleep(0.2)
-
-
-def pods_of(lab: Lab, node: str) -> set[str]:
-    return {pod for pod, on in lab.pods.items() if on == node}
 
 
 async def audit_of(lab: Lab, target: str) -> list[tuple[str, str]]:
@@ -242,23 +224,9 @@ async def test_alert_storm_of_a_thousand(lab: Lab) -> None:
     assert await lab.get("/v1/isolations") == []
 
 
-async def records(lab: Lab, node: str) -> set[str]:
+async def recorded_pods(lab: Lab, node: str) -> set[str]:
     """Return the node's Pods that carry a cut record."""
-    pods = await client.CoreV1Api(lab.api).list_namespaced_pod(
-        lab.spec.namespace, field_selector=f"spec.nodeName={node}"
-    )
-    return {p.metadata.name for p in pods.items if CUT_ANNOTATION in (p.metadata.annotations or {})}
-
-
-async def identities(lab: Lab) -> dict[str, tuple[str, tuple[int, ...]]]:
-    pods = await client.CoreV1Api(lab.api).list_namespaced_pod(lab.spec.namespace)
-    return {
-        p.metadata.name: (
-            p.metadata.uid,
-            tuple(s.restart_count for s in p.status.container_statuses or []),
-        )
-        for p in pods.items
-    }
+    return set(await records(lab, node))
 
 
 async def request(lab: Lab, path: str, reason: str) -> int | None:
@@ -301,13 +269,13 @@ async def test_sigkill_at_random_points_of_manual_actions(lab: Lab) -> None:
         await asyncio.sleep(KILL_POINTS.uniform(0.0, KILL_WINDOW_S))
         lab.kill_isolator()
         answered = await sent
-        at_kill = await records(lab, TARGET)
+        at_kill = await recorded_pods(lab, TARGET)
         await lab.restart_isolator(wait=False)
         await until_serving_api(lab)
 
         # Whatever the kill interrupted, the restarted isolator ends in one whole state.
         settled = await eventually(
-            lambda: records(lab, TARGET),
+            lambda: recorded_pods(lab, TARGET),
             lambda found: found in (set(), pods),
             f"round {round_index}: a whole state after a kill with {len(at_kill)} records",
             30.0,
@@ -317,11 +285,11 @@ async def test_sigkill_at_random_points_of_manual_actions(lab: Lab) -> None:
         # A request the kill cut short is the caller's to repeat; repeating is harmless.
         status = await request(lab, path, f"kill round {round_index}, again")
         assert status in (200, 404), f"round {round_index}: repeat answered {status}"
-        wanted = pods if isolate else set()
-        assert await records(lab, TARGET) == wanted, f"round {round_index}"
+        expected = pods if isolate else set()
+        assert await recorded_pods(lab, TARGET) == expected, f"round {round_index}"
 
     if KILL_ROUNDS % 2:
         assert await request(lab, f"{cut_path}/restore", "end of the kill rounds") == 200
     await eventually(lab.ready_pods, lambda ready: pods <= ready, "every Pod serving", 30.0)
-    assert await records(lab, TARGET) == set()
+    assert await recorded_pods(lab, TARGET) == set()
     assert await identities(lab) == before, "no Pod was deleted, replaced or restarted"

@@ -220,8 +220,10 @@ def test_heal_restores_both_directions(regions: list[RegionNetwork], servers: Se
 def test_weak_link_adds_delay_or_refuses_it_whole(
     regions: list[RegionNetwork], servers: Servers
 ) -> None:
-    """On a kernel with netem the link gets slower by the delay; on one without, the request is
-    refused before anything changes, so no test runs on a link it did not ask for."""
+    """Check that netem slows the link by the delay where the kernel has it.
+
+    Without netem the request is rejected before anything changes, so no test runs on a link
+    it did not request."""
     region = regions[0]
     servers.start(region.node_ip(0), region)
     host, delay_ms = region.node_ip(0), 50
