@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -17,9 +18,14 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from isolator import tls
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "ISOLATOR_URL"
 TOKEN_FILE_ENV = "ISOLATOR_TOKEN_FILE"
+CLIENT_CERT_FILE_ENV = "ISOLATOR_CLIENT_CERT_FILE"
+CLIENT_KEY_FILE_ENV = "ISOLATOR_CLIENT_KEY_FILE"
+CA_FILE_ENV = "ISOLATOR_CA_FILE"
 # Long enough for a manual cut, whose response the API sends only after reading the cut back.
 DEFAULT_TIMEOUT_S = 30.0
 # Error bodies from a proxy in front of the API may be HTML pages; show only their start.
@@ -92,6 +98,50 @@ def read_token(path: str | None) -> str | None:
     return token
 
 
+def _tls_file(option: str, value: str | None, variable: str) -> tuple[str, str] | None:
+    """Return ``(path, name)`` from the option, else its environment variable, else None.
+
+    ``name`` is the option or the variable that set the path, for messages.
+    """
+    if value:
+        return value, option
+    from_env = os.environ.get(variable)
+    if from_env:
+        return from_env, variable
+    return None
+
+
+def client_ssl_context(
+    url: str, cert_file: str | None, key_file: str | None, ca_file: str | None
+) -> ssl.SSLContext | None:
+    """Build the TLS context of an https ``url`` from the options or their variables.
+
+    Returns None for an http URL without TLS files, and raises UsageError naming the option
+    for a missing or invalid file, a certificate without its key or the reverse, and TLS files
+    with an http URL. Without ``--ca-file`` the server is verified against the system's store.
+    """
+    cert = _tls_file("--cert-file", cert_file, CLIENT_CERT_FILE_ENV)
+    key = _tls_file("--key-file", key_file, CLIENT_KEY_FILE_ENV)
+    ca = _tls_file("--ca-file", ca_file, CA_FILE_ENV)
+    if cert is not None and key is None:
+        raise UsageError(f"{cert[1]} is set without --key-file ({CLIENT_KEY_FILE_ENV}): set both")
+    if key is not None and cert is None:
+        raise UsageError(f"{key[1]} is set without --cert-file ({CLIENT_CERT_FILE_ENV}): set both")
+    https = urlsplit(url).scheme == "https"
+    for item in (cert, ca):
+        if item is not None and not https:
+            raise UsageError(f"{item[1]} needs an https API URL, but the URL is {url}")
+    if not https:
+        return None
+    try:
+        for item in (cert, key, ca):
+            if item is not None:
+                tls.check_readable(*item)
+        return tls.client_context(ca, cert, key)
+    except tls.TlsConfigError as err:
+        raise UsageError(str(err)) from None
+
+
 def segment(value: str) -> str:
     """Quote ``value`` as one path segment, so that a name cannot reach another endpoint."""
     return quote(value, safe="")
@@ -121,8 +171,15 @@ def error_message(status: int, body: Any, text: str) -> str:
 class ApiClient:
     """One session against the API at ``url``, used as an async context manager."""
 
-    def __init__(self, url: str, token: str | None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url
+        self._ssl_context = ssl_context
         self._headers = {"Accept": "application/json"}
         if token is not None:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -130,7 +187,12 @@ class ApiClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ApiClient:
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        connector = None
+        if self._ssl_context is not None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl_context)
+        self._session = aiohttp.ClientSession(
+            headers=self._headers, timeout=self._timeout, connector=connector
+        )
         return self
 
     async def __aexit__(
@@ -167,13 +229,32 @@ class ApiClient:
                 f"no response from {self.url} within {self._timeout.total} s (--timeout)"
             ) from err
         except aiohttp.ClientError as err:
-            raise ConnectError(f"cannot connect to {self.url}: {err}") from err
+            raise ConnectError(f"cannot connect to {self.url}: {err}{self._tls_hint(err)}") from err
         decoded = _decode(text)
         if status >= 300:
             raise RejectedError(status, error_message(status, decoded, text))
         if decoded is None and text.strip():
             raise ConnectError(f"{method} {url} returned a body that is not JSON")
         return Reply(status, decoded)
+
+    def _tls_hint(self, err: aiohttp.ClientError) -> str:
+        """Return what to check after a failed https request, or "" when TLS is not the cause."""
+        if not self.url.startswith("https://"):
+            return ""
+        if isinstance(err, aiohttp.ClientConnectorCertificateError):
+            return (
+                f". The API's certificate failed verification: set --ca-file or {CA_FILE_ENV} "
+                "to the CA that signed it"
+            )
+        if isinstance(err, aiohttp.ServerDisconnectedError):
+            # Under TLS 1.3 a server that requires a client certificate rejects its absence
+            # after the handshake, so the client sees only the connection close.
+            return (
+                ". An API that requires mutual TLS closes the connection of a client without "
+                f"a valid certificate: check --cert-file and --key-file ({CLIENT_CERT_FILE_ENV}, "
+                f"{CLIENT_KEY_FILE_ENV})"
+            )
+        return ""
 
 
 def _decode(text: str) -> Any:

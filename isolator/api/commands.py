@@ -16,6 +16,9 @@ from typing import Any
 
 from isolator.api import render
 from isolator.api.client import (
+    CA_FILE_ENV,
+    CLIENT_CERT_FILE_ENV,
+    CLIENT_KEY_FILE_ENV,
     DEFAULT_TIMEOUT_S,
     DEFAULT_URL,
     TOKEN_FILE_ENV,
@@ -24,6 +27,7 @@ from isolator.api.client import (
     ClientError,
     RejectedError,
     UsageError,
+    client_ssl_context,
     read_token,
     resolve_url,
     segment,
@@ -50,6 +54,23 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="PATH",
         help=f"file that contains the bearer token (default: ${TOKEN_FILE_ENV}); there is no "
         "option for the token itself, so that it stays out of shell history",
+    )
+    common.add_argument(
+        "--cert-file",
+        metavar="PATH",
+        help=f"PEM client certificate for an API that requires mutual TLS (default: "
+        f"${CLIENT_CERT_FILE_ENV}); set it with --key-file",
+    )
+    common.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help=f"unencrypted PEM private key of --cert-file (default: ${CLIENT_KEY_FILE_ENV})",
+    )
+    common.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help=f"PEM CA bundle that verifies the API's certificate (default: ${CA_FILE_ENV}, "
+        "else the system's trust store)",
     )
     common.add_argument(
         "--timeout",
@@ -147,7 +168,8 @@ async def execute(args: argparse.Namespace) -> int:
     try:
         url = resolve_url(args.url)
         token = read_token(args.token_file)
-        async with ApiClient(url, token, args.timeout) as client:
+        context = client_ssl_context(url, args.cert_file, args.key_file, args.ca_file)
+        async with ApiClient(url, token, args.timeout, context) as client:
             output = await handler(client, args)
     except ClientError as err:
         print(f"isolator {args.command}: {err}", file=sys.stderr)

@@ -6,6 +6,7 @@ Certificates come from CAs made once per module, and nothing leaves 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -19,8 +20,10 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from isolator import cli
 from isolator.agent.app import Agent
 from isolator.api.app import create_app
+from isolator.api.commands import execute
 from isolator.api.server import api_server_config
 from isolator.lab.controlplane import _CertificateAuthority
 from isolator.lab.monitoring import free_port
@@ -202,6 +205,185 @@ def test_api_config_plain_http_by_default() -> None:
 
     assert settings.api_ssl_context() is None
     assert config.ssl is None
+
+
+# --- the on-call commands over TLS ---------------------------------------------------------------
+
+
+async def run_command(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await execute(cli.build_parser().parse_args(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def mutual_tls_settings(pki: Pki) -> Settings:
+    return service_settings(
+        tls_cert_file=str(pki.server_cert),
+        tls_key_file=str(pki.server_key),
+        tls_client_ca_file=str(pki.ca),
+    )
+
+
+async def test_cli_client_certificate_reaches_mutual_tls(
+    pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = mutual_tls_settings(pki)
+    url = f"https://{LOOPBACK}:{settings.listen_port}"
+
+    async with serving_api(settings):
+        code, out, err = await run_command(
+            capsys,
+            "status",
+            "--json",
+            "--url",
+            url,
+            "--ca-file",
+            str(pki.ca),
+            "--cert-file",
+            str(pki.client_cert),
+            "--key-file",
+            str(pki.client_key),
+        )
+
+    assert code == 0, err
+    assert "regions" in json.loads(out)
+
+
+async def test_cli_tls_files_from_environment(
+    pki: Pki, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = mutual_tls_settings(pki)
+    monkeypatch.setenv("ISOLATOR_CA_FILE", str(pki.ca))
+    monkeypatch.setenv("ISOLATOR_CLIENT_CERT_FILE", str(pki.client_cert))
+    monkeypatch.setenv("ISOLATOR_CLIENT_KEY_FILE", str(pki.client_key))
+
+    async with serving_api(settings):
+        code, _, err = await run_command(
+            capsys, "status", "--url", f"https://{LOOPBACK}:{settings.listen_port}"
+        )
+
+    assert code == 0, err
+
+
+async def test_cli_without_client_certificate_fails_clearly(
+    pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = mutual_tls_settings(pki)
+    url = f"https://{LOOPBACK}:{settings.listen_port}"
+
+    async with serving_api(settings):
+        code, out, err = await run_command(capsys, "status", "--url", url, "--ca-file", str(pki.ca))
+
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"isolator status: cannot connect to {url}")
+    assert "requires mutual TLS" in err
+    assert "--cert-file and --key-file" in err
+
+
+async def test_cli_wrong_ca_names_ca_option(pki: Pki, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = service_settings(
+        tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.server_key)
+    )
+    url = f"https://{LOOPBACK}:{settings.listen_port}"
+
+    async with serving_api(settings):
+        code, _, err = await run_command(
+            capsys, "status", "--url", url, "--ca-file", str(pki.other_ca)
+        )
+
+    assert code == 2
+    assert "certificate verify failed" in err
+    assert "set --ca-file or ISOLATOR_CA_FILE" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            ["--cert-file", "{client_cert}"],
+            "--cert-file is set without --key-file (ISOLATOR_CLIENT_KEY_FILE): set both",
+            id="cert-without-key",
+        ),
+        pytest.param(
+            ["--key-file", "{client_key}"],
+            "--key-file is set without --cert-file (ISOLATOR_CLIENT_CERT_FILE): set both",
+            id="key-without-cert",
+        ),
+        pytest.param(
+            ["--cert-file", "{missing}", "--key-file", "{client_key}"],
+            "--cert-file: file {missing} not found",
+            id="missing-cert",
+        ),
+        pytest.param(
+            ["--ca-file", "{missing}"],
+            "--ca-file: file {missing} not found",
+            id="missing-ca",
+        ),
+        pytest.param(
+            ["--cert-file", "{client_cert}", "--key-file", "{server_key}"],
+            "--cert-file and --key-file: cannot load certificate {client_cert}",
+            id="mismatched-key",
+        ),
+        pytest.param(
+            ["--ca-file", "{client_key}"],
+            "--ca-file: cannot load CA bundle {client_key}",
+            id="ca-not-pem",
+        ),
+    ],
+)
+async def test_cli_invalid_tls_files_are_usage_errors(
+    pki: Pki,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    message: str,
+) -> None:
+    paths = {
+        "client_cert": pki.client_cert,
+        "client_key": pki.client_key,
+        "server_key": pki.server_key,
+        "missing": tmp_path / "absent.pem",
+    }
+    argv = [option.format(**paths) for option in options]
+
+    # Port 9 on loopback: the command must stop before it connects anywhere.
+    code, _, err = await run_command(capsys, "status", "--url", f"https://{LOOPBACK}:9", *argv)
+
+    assert code == 2
+    assert message.format(**paths) in err
+    assert "PRIVATE KEY" not in err
+
+
+async def test_cli_env_missing_cert_names_variable(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "absent.pem"
+    monkeypatch.setenv("ISOLATOR_CLIENT_CERT_FILE", str(missing))
+    monkeypatch.setenv("ISOLATOR_CLIENT_KEY_FILE", str(pki.client_key))
+
+    code, _, err = await run_command(capsys, "status", "--url", f"https://{LOOPBACK}:9")
+
+    assert code == 2
+    assert f"ISOLATOR_CLIENT_CERT_FILE: file {missing} not found" in err
+
+
+async def test_cli_client_certificate_needs_https(
+    pki: Pki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = await run_command(
+        capsys,
+        "status",
+        "--url",
+        f"http://{LOOPBACK}:9",
+        "--cert-file",
+        str(pki.client_cert),
+        "--key-file",
+        str(pki.client_key),
+    )
+
+    assert code == 2
+    assert f"--cert-file needs an https API URL, but the URL is http://{LOOPBACK}:9" in err
 
 
 # --- probes of an agent served over TLS ----------------------------------------------------------
