@@ -99,6 +99,16 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.tls_reloads = Counter(
+            "isolator_tls_reloads_total",
+            "Attempts to load changed certificate, key or CA files, by TLS context (api, probe) "
+            "and result (ok, or error when the previous files stay in use).",
+            ["context", "result"],
+            registry=r,
+        )
+        for context in ("api", "probe"):
+            for result in ("ok", "error"):
+                self.tls_reloads.labels(context, result)
         for kind in ("node", "pod", "region"):
             for outcome in ("reapplied", "degraded"):
                 self.cut_drift.labels(kind, outcome)

@@ -452,6 +452,18 @@ class Settings(BaseSettings):
             "Needs probe_ca_file."
         ),
     )
+    tls_reload_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "How often the files of tls_cert_file, tls_key_file, tls_client_ca_file and "
+            "probe_ca_file are checked for changes, in seconds; changed files are loaded for "
+            "new connections without a restart. 0 turns the check off. The kubelet takes up to "
+            "its sync period (1 minute by default) plus its cache delay to update a mounted "
+            "Secret, and cert-manager renews a certificate weeks before it expires, so a shorter "
+            "period gains little."
+        ),
+    )
 
     leader_election: bool = Field(
         False,
@@ -640,6 +652,15 @@ class AgentSettings(BaseSettings):
     tls_key_file: str | None = Field(
         None,
         description="Path of the unencrypted PEM private key of tls_cert_file.",
+    )
+    tls_reload_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description=(
+            "How often the agent's certificate, key and CA files are checked for changes, in "
+            "seconds; changed files are loaded for new connections without a restart. 0 turns "
+            "the check off. The default matches the isolator's tls_reload_interval_s."
+        ),
     )
     listen_host: str = Field("0.0.0.0", description="Address the agent binds to.")
     listen_port: int = Field(9910, ge=1, le=65535, description="TCP port of the agent.")

@@ -24,6 +24,7 @@ from isolator.agent.checks import CheckResult, check_components, check_url
 from isolator.clock import Clock, SystemClock
 from isolator.logs import truncate
 from isolator.settings import AgentSettings
+from isolator.tls import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,16 @@ class AgentMetrics:
             "1 while a request through the node's ingress succeeds, 0 when it fails.",
             registry=self.registry,
         )
+        self.tls_reloads = Counter(
+            "isolator_agent_tls_reloads_total",
+            "Attempts to load changed certificate, key or CA files, by TLS context (serving, "
+            "heartbeat) and result (ok, or error when the previous files stay in use).",
+            ["context", "result"],
+            registry=self.registry,
+        )
+        for context in ("serving", "heartbeat"):
+            for result in ("ok", "error"):
+                self.tls_reloads.labels(context, result)
         self.ingress_seconds = Gauge(
             "isolator_agent_ingress_check_duration_seconds",
             "Duration of the latest request through the node's ingress.",
@@ -82,6 +93,41 @@ class Agent:
         self.ingress: CheckResult | None = None
         self._token = self._read_token()
         self._isolator_ssl = settings.isolator_ssl_context()
+        self._serving_ssl = settings.serving_ssl_context()
+        self.tls_reloaders = self._tls_reloaders()
+
+    def _tls_reloaders(self) -> list[CertificateReloader]:
+        """Build a reloader for each TLS context with files, none when the interval is 0."""
+        settings = self.settings
+        if settings.tls_reload_interval_s == 0:
+            return []
+        reloaders = []
+        if self._serving_ssl is not None and settings.tls_cert_file and settings.tls_key_file:
+            reloader = CertificateReloader(
+                self._serving_ssl,
+                "serving",
+                cert=(settings.tls_cert_file, "ISOLATOR_AGENT_TLS_CERT_FILE"),
+                key=(settings.tls_key_file, "ISOLATOR_AGENT_TLS_KEY_FILE"),
+                count=lambda result: self.metrics.tls_reloads.labels("serving", result).inc(),
+            )
+            reloaders.append(reloader)
+        cert = key = ca = None
+        if settings.isolator_client_cert_file and settings.isolator_client_key_file:
+            cert = (settings.isolator_client_cert_file, "ISOLATOR_AGENT_ISOLATOR_CLIENT_CERT_FILE")
+            key = (settings.isolator_client_key_file, "ISOLATOR_AGENT_ISOLATOR_CLIENT_KEY_FILE")
+        if settings.isolator_ca_file is not None:
+            ca = (settings.isolator_ca_file, "ISOLATOR_AGENT_ISOLATOR_CA_FILE")
+        if self._isolator_ssl is not None and (cert is not None or ca is not None):
+            reloader = CertificateReloader(
+                self._isolator_ssl,
+                "heartbeat",
+                cert=cert,
+                key=key,
+                ca=ca,
+                count=lambda result: self.metrics.tls_reloads.labels("heartbeat", result).inc(),
+            )
+            reloaders.append(reloader)
+        return reloaders
 
     def _read_token(self) -> str | None:
         """Return the API token from the token file, or None without one.
@@ -121,7 +167,7 @@ class Agent:
             runner,
             self.settings.listen_host,
             self.settings.listen_port,
-            ssl_context=self.settings.serving_ssl_context(),
+            ssl_context=self._serving_ssl,
         )
         try:
             await site.start()
@@ -129,6 +175,13 @@ class Agent:
             await runner.cleanup()
             raise
         return runner
+
+    async def reload_certificates(self) -> None:
+        """Load changed TLS files every reload interval until cancelled."""
+        interval_s = self.settings.tls_reload_interval_s
+        async with asyncio.TaskGroup() as group:
+            for reloader in self.tls_reloaders:
+                group.create_task(reloader.run(self._clock, interval_s))
 
     async def _probe(self, _: web.Request) -> web.Response:
         self.metrics.probes.inc()
@@ -243,5 +296,6 @@ async def run_agent(settings: AgentSettings) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(agent.run_checks())
             group.create_task(agent.send_heartbeats())
+            group.create_task(agent.reload_certificates())
     finally:
         await runner.cleanup()

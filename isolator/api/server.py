@@ -24,6 +24,7 @@ from isolator.sources.alertmanager import AlertmanagerSource
 from isolator.sources.kubernetes import KubernetesSource
 from isolator.sources.leader import LeaderElector
 from isolator.sources.prometheus import PrometheusSource
+from isolator.tls import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ async def run_service(settings: Settings) -> None:
         metrics=metrics,
         clock=clock,
     )
+    probe_ssl = settings.probe_ssl_context()
     prober = AgentProber(
         timeout_s=settings.probe_timeout_s,
-        ssl_context=settings.probe_ssl_context(),
+        ssl_context=probe_ssl,
         server_name=settings.probe_tls_server_name,
     )
     alerts = (
@@ -89,7 +91,11 @@ async def run_service(settings: Settings) -> None:
     if elector is not None:
         elector.on_change = partial(_leadership_changed, controller)
     app = create_app(controller, metrics, clock, elector)
-    server = uvicorn.Server(api_server_config(app, settings))
+    config = api_server_config(app, settings)
+    # Loaded here instead of in serve(), so that the reloader gets uvicorn's SSLContext.
+    config.load()
+    server = uvicorn.Server(config)
+    reloaders = tls_reloaders(settings, config.ssl, probe_ssl, metrics)
     logger.info(
         "isolator started",
         extra={
@@ -97,6 +103,7 @@ async def run_service(settings: Settings) -> None:
             "tls": settings.tls_cert_file is not None,
             "mutual_tls": settings.tls_client_ca_file is not None,
             "probe_tls": settings.probe_ca_file is not None,
+            "tls_reload_interval_s": settings.tls_reload_interval_s if reloaders else None,
             "dry_run": settings.dry_run,
             "identity": None if elector is None else elector.identity,
         },
@@ -104,8 +111,12 @@ async def run_service(settings: Settings) -> None:
     tasks = [asyncio.create_task(controller.run(), name="control-loop")]
     if elector is not None:
         tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    for reloader in reloaders:
+        run = reloader.run(clock, settings.tls_reload_interval_s)
+        tasks.append(asyncio.create_task(run, name=f"tls-reload-{reloader.name}"))
     # The API without its control loop would report stale verdicts, and without its elector
-    # it could never act again, so it stops with either.
+    # it could never act again, so it stops with either. A reloader ends only through a bug,
+    # and stopping then beats serving a certificate until it expires.
     for task in tasks:
         task.add_done_callback(lambda _: setattr(server, "should_exit", True))
     try:
@@ -143,6 +154,44 @@ def api_server_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         ssl_ca_certs=client_ca,
         ssl_cert_reqs=ssl.CERT_NONE if client_ca is None else ssl.CERT_REQUIRED,
     )
+
+
+def tls_reloaders(
+    settings: Settings,
+    api_ssl: ssl.SSLContext | None,
+    probe_ssl: ssl.SSLContext | None,
+    metrics: Metrics,
+) -> list[CertificateReloader]:
+    """Build a reloader for each TLS context that the settings give files for.
+
+    ``api_ssl`` is uvicorn's context after ``Config.load()``, and ``probe_ssl`` the prober's.
+    Returns an empty list when ``tls_reload_interval_s`` is 0.
+    """
+    if settings.tls_reload_interval_s == 0:
+        return []
+    reloaders = []
+    if api_ssl is not None and settings.tls_cert_file and settings.tls_key_file:
+        client_ca = None
+        if settings.tls_client_ca_file is not None:
+            client_ca = (settings.tls_client_ca_file, "ISOLATOR_TLS_CLIENT_CA_FILE")
+        reloader = CertificateReloader(
+            api_ssl,
+            "api",
+            cert=(settings.tls_cert_file, "ISOLATOR_TLS_CERT_FILE"),
+            key=(settings.tls_key_file, "ISOLATOR_TLS_KEY_FILE"),
+            ca=client_ca,
+            count=lambda result: metrics.tls_reloads.labels("api", result).inc(),
+        )
+        reloaders.append(reloader)
+    if probe_ssl is not None and settings.probe_ca_file is not None:
+        reloader = CertificateReloader(
+            probe_ssl,
+            "probe",
+            ca=(settings.probe_ca_file, "ISOLATOR_PROBE_CA_FILE"),
+            count=lambda result: metrics.tls_reloads.labels("probe", result).inc(),
+        )
+        reloaders.append(reloader)
+    return reloaders
 
 
 def _leadership_changed(controller: Controller, leading: bool) -> None:
