@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prometheus_client import generate_latest
+
 from isolator.metrics import Metrics
 from isolator.model import NodeAssessment, NodeEvidence, NodeVerdict, SiteSample
 
@@ -63,6 +65,21 @@ def test_forget_node_removes_its_series() -> None:
 
     assert value(metrics, "isolator_node_heartbeat_age_seconds", **LABELS) is None
     assert value(metrics, "isolator_node_verdict_info", **LABELS, verdict="healthy") is None
+
+
+def test_node_series_exposed_as_gauges_with_help() -> None:
+    metrics = Metrics()
+    evidence = NodeEvidence(node="r1-n01", region="r1", last_heartbeat_at=1.0)
+    node = NodeAssessment("r1-n01", "r1", NodeVerdict.HEALTHY, "on time", 0.0)
+    before = generate_latest(metrics.registry).decode()
+    metrics.set_node(node, evidence, now=4.5)
+
+    text = generate_latest(metrics.registry).decode()
+
+    assert "# TYPE isolator_node_heartbeat_age_seconds gauge" in before
+    assert 'isolator_node_heartbeat_age_seconds{node="r1-n01",region="r1"} 3.5' in text
+    assert "# HELP isolator_node_verdict_info 1 for the current verdict" in text
+    assert "r1-n01" not in before
 
 
 def test_set_isolations_replaces_previous() -> None:
