@@ -109,6 +109,17 @@ class Metrics:
             ["context", "result"],
             registry=r,
         )
+        self.token_reviews = Counter(
+            "isolator_auth_token_reviews_total",
+            "TokenReview requests sent to the Kubernetes API for bearer tokens that the token "
+            "file does not contain, by result (authenticated, unauthenticated, or error when "
+            "the API server could not be reached or refused the review). Answers from the "
+            "review cache are not counted.",
+            ["result"],
+            registry=r,
+        )
+        for result in ("authenticated", "unauthenticated", "error"):
+            self.token_reviews.labels(result)
         for context in ("api", "probe"):
             for result in ("ok", "error"):
                 self.tls_reloads.labels(context, result)

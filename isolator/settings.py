@@ -14,7 +14,7 @@ import socket
 import ssl
 import uuid
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -28,6 +28,10 @@ from pydantic_settings import (
 from isolator import tls
 
 CONFIG_FILE_VARIABLE = "ISOLATOR_CONFIG_FILE"
+
+# The API roles that a reviewed Kubernetes user can be mapped to; isolator.api.auth.Role has
+# the same values.
+ApiRole = Literal["viewer", "operator", "alertmanager", "agent"]
 
 
 class SettingsFileError(ValueError):
@@ -414,6 +418,83 @@ class Settings(BaseSettings):
             "service does not start unless this is set."
         ),
     )
+    auth_token_review: bool = Field(
+        False,
+        description=(
+            "Send a bearer token that the token file does not contain to the Kubernetes "
+            "TokenReview API (authentication.k8s.io/v1), and map the user it returns to a role "
+            "with auth_token_review_service_accounts and auth_token_review_groups. Off by "
+            "default because it needs create on tokenreviews in the isolator's ClusterRole."
+        ),
+    )
+    auth_token_review_audiences: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Audiences that a reviewed token must be issued for, as a JSON list, for example "
+            '["isolator"]. Empty accepts the API server\'s own audiences, which every '
+            "default ServiceAccount token carries."
+        ),
+    )
+    auth_token_review_service_accounts: dict[str, ApiRole] = Field(
+        default_factory=dict,
+        description=(
+            'Role of each ServiceAccount, as a JSON object of "namespace:name" to viewer, '
+            "operator, alertmanager or agent. An agent's node is the node-name user extra of "
+            "its Pod-bound token, so an agent ServiceAccount needs Kubernetes 1.32 or later."
+        ),
+    )
+    auth_token_review_groups: dict[str, ApiRole] = Field(
+        default_factory=dict,
+        description=(
+            "Role of each Kubernetes group, as a JSON object of group to role, for users that "
+            "auth_token_review_service_accounts does not name. A user whose groups map to "
+            "different roles is rejected with 403."
+        ),
+    )
+    auth_token_review_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "How long an accepted token is trusted without asking the API server again, in "
+            "seconds, and never past the token's own expiry. One minute keeps the load at one "
+            "review per token per minute against agents that send a heartbeat every second, "
+            "and bounds how long a deleted ServiceAccount keeps access."
+        ),
+    )
+    auth_token_review_negative_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "How long a rejected token stays rejected without asking the API server again, in "
+            "seconds. Short, so a token issued just after it was first tried works soon."
+        ),
+    )
+    auth_token_review_grace_s: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "How long past auth_token_review_ttl_s an accepted token stays accepted while the "
+            "API server cannot be reached, in seconds, and never past the token's expiry. Five "
+            "minutes lets agents ride out a control-plane restart without losing heartbeats."
+        ),
+    )
+    auth_token_review_cache_size: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Maximum number of accepted tokens in the review cache, and separately of rejected "
+            "ones; the least recently used entry leaves first. Size it above the number of "
+            "agents, so that every agent's token stays cached."
+        ),
+    )
+    auth_token_review_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Timeout of one TokenReview request, in seconds. A request waits that long at "
+            "most before it gets 503."
+        ),
+    )
 
     tls_cert_file: str | None = Field(
         None,
@@ -560,10 +641,10 @@ class Settings(BaseSettings):
                 "leader_election_renew_deadline_s, or a leader steps down before its next "
                 "renewal; lower ISOLATOR_LEADER_ELECTION_RETRY_PERIOD_S"
             )
-        if self.auth_token_file is None and not self.auth_disabled:
+        if self.auth_token_file is None and not self.auth_token_review and not self.auth_disabled:
             raise ValueError(
-                "no API token file: set ISOLATOR_AUTH_TOKEN_FILE, or ISOLATOR_AUTH_DISABLED=true "
-                "to serve the API without authentication"
+                "no API token file: set ISOLATOR_AUTH_TOKEN_FILE or ISOLATOR_AUTH_TOKEN_REVIEW, "
+                "or ISOLATOR_AUTH_DISABLED=true to serve the API without authentication"
             )
         return self
 

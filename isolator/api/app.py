@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from isolator.api.auth import READERS, Authenticator, Caller, Role, require
 from isolator.api.manual import create_router
 from isolator.api.schemas import AlertmanagerWebhook, Heartbeat, error_responses
+from isolator.api.tokenreview import TokenReviewer
 from isolator.api.views import node_view, region_view, status_view
 from isolator.clock import Clock
 from isolator.engine.alerts import AlertOutcome, IncomingAlert
@@ -67,11 +68,16 @@ class BodySizeLimit:
 
 
 def create_app(
-    controller: Controller, metrics: Metrics, clock: Clock, elector: LeaderElector | None = None
+    controller: Controller,
+    metrics: Metrics,
+    clock: Clock,
+    elector: LeaderElector | None = None,
+    token_reviewer: TokenReviewer | None = None,
 ) -> FastAPI:
     """Build the API around a running controller, and its leader elector if there is one.
 
-    Raises TokenFileError when the settings name a token file that cannot be loaded.
+    ``token_reviewer`` is required when the settings turn on ``auth_token_review``. Raises
+    TokenFileError when the settings name a token file that cannot be loaded.
     """
     # The generated documentation pages would be the only endpoints without a token.
     app = FastAPI(
@@ -84,7 +90,7 @@ def create_app(
     )
     ledger = controller.alerts
     settings = controller.settings
-    app.state.authenticator = Authenticator.from_settings(settings)
+    app.state.authenticator = Authenticator.from_settings(settings, token_reviewer, clock, metrics)
     app.state.manual = ManualActions(controller, clock)
     app.state.elector = elector
     readers = [Depends(require(*READERS))]
@@ -118,11 +124,11 @@ def create_app(
     async def receive_heartbeat(
         beat: Heartbeat, caller: Annotated[Caller, Depends(require(Role.AGENT))]
     ) -> JSONResponse:
-        if caller.role is Role.AGENT and caller.name != beat.node:
+        if caller.role is Role.AGENT and caller.node != beat.node:
             # An agent's token is good for its own node only, so a leaked token cannot keep
             # another node looking alive.
             metrics.heartbeats_rejected.labels("forbidden").inc()
-            message = f"{caller.name} may send heartbeats for node {caller.name!r} only"
+            message = f"{caller.name} may send heartbeats for node {caller.node!r} only"
             logger.warning(
                 "request rejected",
                 extra={"path": "/v1/heartbeats", "status": 403, "caller": caller.name},

@@ -13,6 +13,9 @@ posts to the webhook only, and ``agent`` posts heartbeats only, for the node nam
 entry's name. Only SHA-256 digests of tokens are kept in memory, and no token ever reaches a
 log line or a response. The file is read again when it changes, so tokens rotate without a
 restart. A file that no longer parses leaves the previous tokens in force.
+
+With ``auth_token_review`` on, a token that the file does not contain goes to the Kubernetes
+TokenReview API instead (see ``tokenreview``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 import yaml
 from fastapi import HTTPException, Request
 
+from isolator.api.tokenreview import TokenReviewAuthenticator, TokenReviewer
+from isolator.clock import Clock
+from isolator.metrics import Metrics
 from isolator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,10 +59,15 @@ READERS = (Role.VIEWER, Role.OPERATOR)
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The authenticated caller of one request; ``role`` is None when authentication is off."""
+    """The authenticated caller of one request; ``role`` is None when authentication is off.
+
+    ``node`` is the only node an agent may send heartbeats for: the entry's name for a token
+    from the file, the token's node-name extra for a reviewed one.
+    """
 
     name: str
     role: Role | None
+    node: str | None = None
 
 
 ANONYMOUS = Caller("anonymous", None)
@@ -93,10 +104,11 @@ def _caller_of(value: object, position: int) -> Caller:
     if not isinstance(name, str) or not name:
         raise TokenFileError(f"entry {position}: name is missing or not a string")
     try:
-        return Caller(name, Role(str(role)))
+        parsed = Role(str(role))
     except ValueError as err:
         choices = ", ".join(member.value for member in Role)
         raise TokenFileError(f"entry {position}: role {role!r} is not one of {choices}") from err
+    return Caller(name, parsed, name if parsed is Role.AGENT else None)
 
 
 def parse_tokens(text: str) -> dict[bytes, Caller]:
@@ -169,38 +181,70 @@ class TokenFile:
 
 
 class Authenticator:
-    """Checks the bearer token of each request; ``tokens`` None turns authentication off."""
+    """Checks the bearer token of each request against the token file, then TokenReview.
 
-    def __init__(self, tokens: TokenFile | None) -> None:
+    With neither a token file nor a TokenReview authenticator, authentication is off.
+    """
+
+    def __init__(
+        self, tokens: TokenFile | None, reviews: TokenReviewAuthenticator | None = None
+    ) -> None:
         self._tokens = tokens
+        self._reviews = reviews
 
     @property
     def enabled(self) -> bool:
-        return self._tokens is not None
+        return self._tokens is not None or self._reviews is not None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Authenticator:
+    def from_settings(
+        cls,
+        settings: Settings,
+        reviewer: TokenReviewer | None = None,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+    ) -> Authenticator:
         """Load the token file that the settings name. Raises TokenFileError.
 
-        Without a token file authentication is off, which the settings allow only with
-        ``auth_disabled``.
+        With ``auth_token_review`` on, ``reviewer`` and ``clock`` are required, and tokens
+        that the file does not contain go to ``reviewer``. Without either source
+        authentication is off, which the settings allow only with ``auth_disabled``.
         """
-        if settings.auth_token_file is None:
+        tokens = None
+        if settings.auth_token_file is not None:
+            tokens = TokenFile(Path(settings.auth_token_file))
+        reviews = None
+        if settings.auth_token_review:
+            if reviewer is None or clock is None:
+                raise ValueError("auth_token_review is on, but no TokenReviewer was given")
+            reviews = TokenReviewAuthenticator(reviewer, settings, clock, metrics)
+        if tokens is None and reviews is None:
             logger.warning("API authentication is turned off (ISOLATOR_AUTH_DISABLED)")
-            return cls(None)
-        return cls(TokenFile(Path(settings.auth_token_file)))
+        return cls(tokens, reviews)
 
-    def authenticate(self, authorization: str | None) -> Caller:
-        """Return the caller that an Authorization header names; raise 401 otherwise."""
-        if self._tokens is None:
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """Return the caller that an Authorization header names.
+
+        Raises HTTPException: 401 for a missing or invalid token, 403 for a reviewed user
+        without a role, 503 when TokenReview failed and no cached review can replace it.
+        """
+        if not self.enabled:
             return ANONYMOUS
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise HTTPException(401, "missing bearer token", headers=CHALLENGE)
-        caller = self._tokens.lookup(token.strip())
-        if caller is None:
+        caller = None if self._tokens is None else self._tokens.lookup(token)
+        if caller is not None:
+            return caller
+        if self._reviews is None:
             raise HTTPException(401, "invalid bearer token", headers=CHALLENGE)
-        return caller
+        user = await self._reviews.authenticate(token)
+        if user is None:
+            raise HTTPException(401, "invalid bearer token", headers=CHALLENGE)
+        if user.role is None:
+            raise HTTPException(403, user.problem)
+        return Caller(user.name, Role(user.role), user.node)
 
 
 def require(*roles: Role) -> Callable[[Request], Awaitable[Caller]]:
@@ -211,7 +255,7 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[Caller]]:
 
     async def dependency(request: Request) -> Caller:
         authenticator: Authenticator = request.app.state.authenticator
-        caller = authenticator.authenticate(request.headers.get("authorization"))
+        caller = await authenticator.authenticate(request.headers.get("authorization"))
         if caller.role is not None and caller.role not in roles:
             allowed = " or ".join(role.value for role in roles)
             raise HTTPException(

@@ -22,6 +22,7 @@ from isolator.settings import Settings
 from isolator.sources.agents import AgentProber
 from isolator.sources.alertmanager import AlertmanagerSource
 from isolator.sources.kubernetes import KubernetesSource
+from isolator.sources.kubernetes.tokenreview import KubernetesTokenReviewer
 from isolator.sources.leader import LeaderElector
 from isolator.sources.prometheus import PrometheusSource
 from isolator.tls import CertificateReloader
@@ -90,7 +91,15 @@ async def run_service(settings: Settings) -> None:
     )
     if elector is not None:
         elector.on_change = partial(_leadership_changed, controller)
-    app = create_app(controller, metrics, clock, elector)
+    reviewer = None
+    if settings.auth_token_review:
+        reviewer = await KubernetesTokenReviewer.create(
+            settings.kubeconfig,
+            clock=clock,
+            audiences=settings.auth_token_review_audiences,
+            request_timeout_s=settings.auth_token_review_timeout_s,
+        )
+    app = create_app(controller, metrics, clock, elector, reviewer)
     config = api_server_config(app, settings)
     # Loaded here instead of in serve(), so that the reloader gets uvicorn's SSLContext.
     config.load()
@@ -102,6 +111,7 @@ async def run_service(settings: Settings) -> None:
             "port": settings.listen_port,
             "tls": settings.tls_cert_file is not None,
             "mutual_tls": settings.tls_client_ca_file is not None,
+            "token_review": settings.auth_token_review,
             "probe_tls": settings.probe_ca_file is not None,
             "tls_reload_interval_s": settings.tls_reload_interval_s if reloaders else None,
             "dry_run": settings.dry_run,
@@ -130,6 +140,8 @@ async def run_service(settings: Settings) -> None:
         if elector is not None:
             await elector.close()
         await prober.close()
+        if reviewer is not None:
+            await reviewer.close()
         prometheus.close()
         await cluster.close()
         logger.info("isolator stopped")
