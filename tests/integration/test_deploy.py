@@ -123,6 +123,7 @@ ALLOWED = [
     ("patch", "ingresses.networking.k8s.io"),
     ("create", "events"),
     ("create", "events.events.k8s.io"),
+    ("create", "tokenreviews.authentication.k8s.io"),
 ]
 FORBIDDEN = [
     ("delete", "pods"),
@@ -138,6 +139,7 @@ FORBIDDEN = [
     ("delete", "ingresses.networking.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ("create", "serviceaccounts/token"),
+    ("create", "subjectaccessreviews.authorization.k8s.io"),
 ]
 
 
