@@ -8,6 +8,9 @@ Reviews are cached by the token's SHA-256, never by the token itself. Agents sen
 every second, and the cache turns that into one review per token per TTL. While the API server
 cannot be reached, a token accepted before stays accepted for a bounded grace period, and an
 unknown token gets 503, never 401: a 401 would tell an agent that its credential is wrong.
+
+An accepted token whose TTL has passed is answered from the cache at once while a review runs
+in the background, so an agent never waits behind the reviews of unknown tokens.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ RETRY_AFTER_FAILURE_S = 5.0
 # agent's after a restart of the isolator, wait for a free slot instead of all reaching the API
 # server at once.
 MAX_CONCURRENT_REVIEWS = 8
+
+# Maximum number of distinct tokens in review or waiting for a slot. Beyond it a token not yet
+# reviewed gets 503 at once, so that a flood of random tokens against a slow API server costs
+# bounded memory and never holds requests open.
+MAX_PENDING_REVIEWS = 8 * MAX_CONCURRENT_REVIEWS
 
 UNAVAILABLE = (
     "the token authenticator is unavailable: the Kubernetes TokenReview API could not be "
@@ -152,6 +160,8 @@ class ReviewCache:
     """Reviews by token digest, accepted and rejected ones in separate LRU maps.
 
     Separate maps keep a flood of invalid tokens from evicting the agents' accepted ones.
+    Tokens that the API server accepts but that have no role go with the rejected ones: every
+    ServiceAccount token in the cluster is such a token, and they get 403 either way.
     """
 
     def __init__(self, max_entries: int) -> None:
@@ -169,7 +179,8 @@ class ReviewCache:
 
     def put(self, digest: bytes, entry: _Entry) -> None:
         self.discard(digest)
-        entries = self._rejected if entry.user is None else self._accepted
+        with_role = entry.user is not None and entry.user.role is not None
+        entries = self._accepted if with_role else self._rejected
         entries[digest] = entry
         while len(entries) > self._max_entries:
             entries.popitem(last=False)
@@ -222,6 +233,13 @@ class TokenReviewAuthenticator:
             return entry.user
         if self._paused(now):
             return self._fall_back(entry, now)
+        if entry is not None and entry.user is not None and now < entry.usable_until:
+            # Within its grace, an accepted review answers now while the next one runs.
+            if digest not in self._pending and len(self._pending) < MAX_PENDING_REVIEWS:
+                self._start_review(digest, token)
+            return entry.user
+        if digest not in self._pending and len(self._pending) >= MAX_PENDING_REVIEWS:
+            return self._fall_back(entry, now)
         try:
             return await self._review_once(digest, token)
         except SourceError:
@@ -239,12 +257,14 @@ class TokenReviewAuthenticator:
 
     async def _review_once(self, digest: bytes, token: str) -> ReviewedUser | None:
         """Review ``token``, sharing one request among concurrent callers with that token."""
-        pending = self._pending.get(digest)
-        if pending is None:
-            pending = asyncio.create_task(self._review(digest, token))
-            self._pending[digest] = pending
-            pending.add_done_callback(lambda task: self._review_done(digest, task))
+        pending = self._pending.get(digest) or self._start_review(digest, token)
         return await asyncio.shield(pending)
+
+    def _start_review(self, digest: bytes, token: str) -> asyncio.Task[ReviewedUser | None]:
+        pending = asyncio.create_task(self._review(digest, token))
+        self._pending[digest] = pending
+        pending.add_done_callback(lambda task: self._review_done(digest, task))
+        return pending
 
     def _review_done(self, digest: bytes, task: asyncio.Task[ReviewedUser | None]) -> None:
         self._pending.pop(digest, None)

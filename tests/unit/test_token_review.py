@@ -94,6 +94,12 @@ class FakeReviewer:
         return self.reviews.get(token, TokenReview(authenticated=False))
 
 
+async def settle() -> None:
+    """Let every ready task run until it blocks, without advancing any clock."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 def jwt(claims: dict[str, Any]) -> str:
     """Build a token shaped like a JWT; the fake reviewer never checks the signature."""
 
@@ -273,11 +279,28 @@ async def test_repeated_token_reviewed_once_per_ttl(
     reviewed_within_ttl = len(reviewer.tokens)
     harness.clock.advance(TTL_S)
     after_ttl = await beat(client, AGENT_TOKEN)
+    # Past its TTL the cached review answers at once, and the next review runs behind it.
+    await settle()
 
     assert reviewed_within_ttl == 1
     assert after_ttl.status_code == 200, after_ttl.text
     assert len(reviewer.tokens) == 2
     assert reviews_counted(metrics, "authenticated") == 2
+
+
+async def test_revoked_token_refused_after_background_review(
+    client: httpx.AsyncClient, harness: Harness, reviewer: FakeReviewer
+) -> None:
+    assert (await beat(client, AGENT_TOKEN)).status_code == 200
+    harness.clock.advance(TTL_S + 1.0)
+    reviewer.reviews[AGENT_TOKEN] = TokenReview(False)
+
+    answered_from_cache = await beat(client, AGENT_TOKEN)
+    await settle()
+    after_review = await beat(client, AGENT_TOKEN)
+
+    assert answered_from_cache.status_code == 200, answered_from_cache.text
+    assert after_review.status_code == 401, after_review.text
 
 
 async def test_rejected_token_cached_briefly(

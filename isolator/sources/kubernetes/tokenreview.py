@@ -1,7 +1,8 @@
 """Bearer tokens checked by the API server's TokenReview API (authentication.k8s.io/v1).
 
 The token travels only in the request body. It is never part of an operation name, a log line
-or an error message, and the API server's Status messages for TokenReview do not quote it.
+or an error message. A failed review is not logged here. The error raised masks the token, in
+case a Status message quotes it, as an authenticating proxy in front of the API server might.
 """
 
 from __future__ import annotations
@@ -10,11 +11,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from isolator.clock import Clock, SystemClock
-from isolator.sources.kubernetes.errors import call_with_retry
+from isolator.sources.kubernetes.errors import (
+    KubernetesError,
+    KubernetesUnavailableError,
+    map_error,
+)
 from isolator.sources.kubernetes.source import _load_api_client
 
 # The user extra that a Pod-bound ServiceAccount token carries on Kubernetes 1.32 and later:
@@ -107,10 +114,23 @@ class KubernetesTokenReviewer:
             spec=client.V1TokenReviewSpec(token=token, audiences=self._audiences),
         )
 
-        async def request() -> Any:
-            return await self._authentication.create_token_review(
+        try:
+            response = await self._authentication.create_token_review(
                 body, _request_timeout=self._timeout
             )
-
-        response = await call_with_retry(OPERATION, request, clock=self._clock, attempts=1)
+        except (ApiException, aiohttp.ClientError, TimeoutError) as err:
+            raise _masked(map_error(err, OPERATION), token) from None
         return _review_of(response.status)
+
+
+def _masked(error: KubernetesError, token: str) -> KubernetesError:
+    """Return ``error`` with every copy of ``token`` in its message replaced.
+
+    The original exception is not chained, because its body may quote the token too.
+    """
+    message = str(error).replace(token, "<token>")
+    if isinstance(error, KubernetesUnavailableError):
+        return KubernetesUnavailableError(
+            message, status=error.status, retry_after_s=error.retry_after_s
+        )
+    return KubernetesError(message, status=error.status)
