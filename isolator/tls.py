@@ -76,8 +76,8 @@ def _load_pair(context: ssl.SSLContext, cert: tuple[str, str], key: tuple[str, s
     cert_path, cert_variable = cert
     key_path, key_variable = key
     try:
-        context.load_cert_chain(cert_path, key_path)
-    except (ssl.SSLError, OSError) as err:
+        context.load_cert_chain(cert_path, key_path, password=reject_passphrase)
+    except (ssl.SSLError, OSError, TlsConfigError) as err:
         # OpenSSL reports a key that does not match the certificate, a file that is not PEM and
         # an encrypted key alike, so the message lists all three.
         raise TlsConfigError(
@@ -85,6 +85,16 @@ def _load_pair(context: ssl.SSLContext, cert: tuple[str, str], key: tuple[str, s
             f"{key_path} ({err}). Both must be PEM, and the key unencrypted and matching the "
             "certificate"
         ) from err
+
+
+def reject_passphrase() -> bytes:
+    """Raise TlsConfigError, for ``load_cert_chain`` to call when the key is encrypted.
+
+    Without a password callback, OpenSSL prompts for the passphrase on the controlling
+    terminal and blocks the process until someone types. Without a terminal, it writes the
+    prompt to stderr.
+    """
+    raise TlsConfigError("the key is encrypted, but only unencrypted keys are supported")
 
 
 def _load_ca(context: ssl.SSLContext, ca: tuple[str, str]) -> None:
@@ -220,7 +230,9 @@ class CertificateReloader:
 
     def _load(self, context: ssl.SSLContext, copies: dict[str, str]) -> None:
         if self._cert is not None and self._key is not None:
-            context.load_cert_chain(copies[self._cert[0]], copies[self._key[0]])
+            context.load_cert_chain(
+                copies[self._cert[0]], copies[self._key[0]], password=reject_passphrase
+            )
         if self._ca is not None:
             context.load_verify_locations(cafile=copies[self._ca[0]])
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 from pydantic import ValidationError
 
@@ -518,6 +519,23 @@ def test_service_mismatched_key_rejected(pki: Pki) -> None:
     message = service_error(tls_cert_file=str(pki.server_cert), tls_key_file=str(pki.client_key))
 
     assert "ISOLATOR_TLS_CERT_FILE and ISOLATOR_TLS_KEY_FILE: cannot load certificate" in message
+
+
+def test_service_encrypted_key_rejected(pki: Pki, tmp_path: Path) -> None:
+    private = serialization.load_pem_private_key(pki.server_key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+
+    message = service_error(tls_cert_file=str(pki.server_cert), tls_key_file=str(encrypted))
+
+    assert "ISOLATOR_TLS_CERT_FILE and ISOLATOR_TLS_KEY_FILE: cannot load certificate" in message
+    assert "the key is encrypted" in message
 
 
 def test_service_client_ca_without_cert_rejected(pki: Pki) -> None:

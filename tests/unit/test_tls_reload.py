@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import fcntl
 import ipaddress
 import logging
+import os
+import pty
+import select
 import socket
 import ssl
+import subprocess
+import sys
+import termios
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +45,7 @@ from isolator.tls import CertificateReloader, certificate_not_after, server_cont
 from tests.unit.harness import FAST, Harness
 
 LOOPBACK = "127.0.0.1"
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -485,3 +494,102 @@ def test_not_after_of_first_certificate(pki: Pki) -> None:
 )
 def test_not_after_of_invalid_pem_is_none(pem: bytes) -> None:
     assert certificate_not_after(pem) is None
+
+
+# --- encrypted keys ------------------------------------------------------------------------------
+#
+# The reload runs in a child process whose controlling terminal is a pseudo-terminal of the
+# test, as under ``kubectl run -it`` or a shell. The child only reads files in the test's
+# folder and opens no socket.
+
+# Upper bound on the child's run, in seconds. The reload itself takes well under one.
+CHILD_DEADLINE_S = 60.0
+
+PROMPT = "pass phrase"
+
+RELOAD_ENCRYPTED_KEY = """
+import ssl
+import sys
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from isolator.lab.controlplane import _CertificateAuthority
+from isolator.tls import CertificateReloader
+
+folder = Path(sys.argv[1])
+ca = _CertificateAuthority()
+old = ca.issue_server("server-a", ["localhost"], ["127.0.0.1"])
+new = ca.issue_server("server-b", ["localhost"], ["127.0.0.1"])
+cert, key = folder / "tls.crt", folder / "tls.key"
+cert.write_bytes(old.cert_pem)
+key.write_bytes(old.key_pem)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+reloader = CertificateReloader(context, "api", cert=(str(cert), "C"), key=(str(key), "K"))
+private = serialization.load_pem_private_key(new.key_pem, None)
+encrypted = private.private_bytes(
+    serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8,
+    serialization.BestAvailableEncryption(b"secret"),
+)
+cert.write_bytes(new.cert_pem)
+key.write_bytes(encrypted)
+print("reloaded:", reloader.check(), flush=True)
+"""
+
+
+def _take_terminal() -> None:
+    # Runs in the child after setsid(), so the pseudo-terminal on fd 0 becomes its
+    # controlling terminal, which OpenSSL's passphrase prompt opens as /dev/tty.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def run_on_terminal(script: Path, folder: Path) -> str:
+    """Run ``script`` on a new pseudo-terminal and return what it wrote there.
+
+    The child is killed as soon as it prompts for a passphrase, since it would wait forever.
+    """
+    main, child_end = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(folder)],
+        cwd=REPOSITORY,
+        stdin=child_end,
+        stdout=child_end,
+        stderr=child_end,
+        start_new_session=True,
+        preexec_fn=_take_terminal,
+    )
+    os.close(child_end)
+    output = b""
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    try:
+        while PROMPT.encode() not in output and b"reloaded:" not in output:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            ready, _, _ = select.select([main], [], [], remaining)
+            if not ready:
+                break
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO, because the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        child.kill()
+        child.wait()
+        os.close(main)
+    return output.decode(errors="replace")
+
+
+def test_encrypted_key_reload_fails_without_prompt(tmp_path: Path) -> None:
+    script = tmp_path / "reload_encrypted_key.py"
+    script.write_text(RELOAD_ENCRYPTED_KEY)
+
+    output = run_on_terminal(script, tmp_path)
+
+    assert PROMPT not in output, output
+    assert "reloaded: False" in output, output
