@@ -1,14 +1,18 @@
 """An HTTP client of the isolator's API for the on-call commands of the ``isolator`` CLI.
 
-Every failure maps to one of three errors, and each carries the exit code of the command:
+Every failure maps to one of four errors, and each carries the exit code of the command:
 ``RejectedError`` (1) when the API returned an error status, ``ConnectError`` (2) when
-it could not be reached, and ``UsageError`` (2) for bad settings such as an empty token file.
+it could not be reached, ``ResponseError`` (2) when a 2xx response cannot be used, and
+``UsageError`` (2) for bad settings such as an empty token file or a timeout of 0. Messages
+show URLs without their userinfo and never show the token.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,11 @@ class ConnectError(ClientError):
     """The API could not be reached, or it did not respond in time."""
 
 
+class ResponseError(ClientError):
+    """A 2xx response that cannot be used: a body that is not JSON, or JSON without the
+    fields of the isolator's API, as from another service behind a wrong URL."""
+
+
 class RejectedError(ClientError):
     """The API returned an error status; the message is the API's own."""
 
@@ -64,15 +73,30 @@ class Reply:
     body: Any
 
 
+# The userinfo of an absolute URL: "user:password@" between "scheme://" and the host.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` without its userinfo, so that a password in it stays out of messages."""
+    return _USERINFO.sub(r"\1", url)
+
+
 def resolve_url(url: str | None) -> str:
     """Return the API's base URL from ``--url``, else ISOLATOR_URL, else the default.
 
     Raises UsageError for a URL that is not http or https with a host.
     """
     value = url or os.environ.get(URL_ENV) or DEFAULT_URL
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"invalid API URL {value!r}: expected http://HOST:PORT or https://...")
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+    except ValueError:  # such as an unclosed "[" of an IPv6 address
+        hostname = None
+    if hostname is None or parts.scheme not in ("http", "https"):
+        raise UsageError(
+            f"invalid API URL {redact_url(value)!r}: expected http://HOST:PORT or https://..."
+        )
     return value.rstrip("/")
 
 
@@ -130,7 +154,7 @@ def client_ssl_context(
     https = urlsplit(url).scheme == "https"
     for item in (cert, ca):
         if item is not None and not https:
-            raise UsageError(f"{item[1]} needs an https API URL, but the URL is {url}")
+            raise UsageError(f"{item[1]} needs an https API URL, but the URL is {redact_url(url)}")
     if not https:
         return None
     try:
@@ -178,6 +202,16 @@ class ApiClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if not math.isfinite(timeout_s) or timeout_s <= 0:
+            # aiohttp 3.14 sets no deadline for a total of 0 or less, and a deadline of nan or
+            # inf never passes, so each of these would wait forever.
+            raise UsageError(f"invalid --timeout {timeout_s}: expected a number of seconds above 0")
+        if token is not None and _USERINFO.match(url):
+            # Both would go in the Authorization header, and aiohttp raises ValueError then.
+            raise UsageError(
+                "the API URL contains a user name and password and a token file is set: "
+                "remove one of them, because a request carries only one Authorization header"
+            )
         self.url = url
         self._ssl_context = ssl_context
         self._headers = {"Accept": "application/json"}
@@ -215,27 +249,48 @@ class ApiClient:
         return await self.request("POST", path, body)
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Reply:
-        """Send one request and return the 2xx reply. Raises RejectedError for any other
-        status and ConnectError when the API cannot be reached or times out."""
+        """Send one request and return the 2xx reply.
+
+        Raises RejectedError for any other status, ConnectError when the API cannot be reached
+        or times out, and ResponseError for a 2xx body that is not JSON.
+        """
         if self._session is None:
             raise RuntimeError("ApiClient is used outside its async with block")
         url = self.url + path
+        base_url = redact_url(self.url)
         try:
             async with self._session.request(method, url, json=body) as response:
-                text = await response.text()
                 status = response.status
+                text = await self._read_text(response, f"{method} {redact_url(url)}")
         except TimeoutError as err:
             raise ConnectError(
-                f"no response from {self.url} within {self._timeout.total} s (--timeout)"
+                f"no response from {base_url} within {self._timeout.total} s (--timeout)"
             ) from err
         except aiohttp.ClientError as err:
-            raise ConnectError(f"cannot connect to {self.url}: {err}{self._tls_hint(err)}") from err
+            raise ConnectError(f"cannot connect to {base_url}: {err}{self._tls_hint(err)}") from err
         decoded = _decode(text)
         if status >= 300:
             raise RejectedError(status, error_message(status, decoded, text))
         if decoded is None and text.strip():
-            raise ConnectError(f"{method} {url} returned a body that is not JSON")
+            raise ResponseError(f"{method} {redact_url(url)} returned a body that is not JSON")
         return Reply(status, decoded)
+
+    @staticmethod
+    async def _read_text(response: aiohttp.ClientResponse, request_line: str) -> str:
+        """Read the body as text in its charset, as the message of an error status if need be.
+
+        Raises ResponseError for a 2xx body that is not valid in its charset, such as a
+        proxy's page that names the wrong one. ``request_line`` is the method and redacted URL.
+        """
+        try:
+            return await response.text()
+        except UnicodeDecodeError as err:
+            if response.status >= 300:
+                return await response.text(errors="replace")
+            raise ResponseError(
+                f"{request_line} returned a body that is not JSON: "
+                f"it is not valid {err.encoding} text"
+            ) from err
 
     def _tls_hint(self, err: aiohttp.ClientError) -> str:
         """Return what to check after a failed https request, or "" when TLS is not the cause."""

@@ -2,7 +2,8 @@
 ``restore``, each a client of the service's HTTP API.
 
 Exit codes: 0 when the API accepted the request, 1 when it returned an error status (its
-message is shown), 2 for invalid arguments or settings and when the API cannot be reached.
+message is shown), 2 for invalid arguments or settings, when the API cannot be reached and
+when its response cannot be used.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,9 +28,11 @@ from isolator.api.client import (
     ApiClient,
     ClientError,
     RejectedError,
+    ResponseError,
     UsageError,
     client_ssl_context,
     read_token,
+    redact_url,
     resolve_url,
     segment,
 )
@@ -37,6 +41,23 @@ Handler = Callable[[ApiClient, argparse.Namespace], Awaitable[Any]]
 
 # How many of a node's latest audit records `explain` shows.
 AUDIT_RECORDS_SHOWN = 5
+
+
+def positive_seconds(value: str) -> float:
+    """Parse a ``--timeout`` value, which must be a finite number of seconds above 0.
+
+    aiohttp 3.14 sets no deadline for a timeout of 0 or less, and a deadline of nan or inf
+    never passes, so the command would wait forever for an API that never responds.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {value!r}: expected a number of seconds above 0, such as 30"
+        )
+    return seconds
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +95,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     common.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         metavar="SECONDS",
         default=DEFAULT_TIMEOUT_S,
         help="seconds to wait for each response (default: %(default)s)",
@@ -170,12 +191,30 @@ async def execute(args: argparse.Namespace) -> int:
         token = read_token(args.token_file)
         context = client_ssl_context(url, args.cert_file, args.key_file, args.ca_file)
         async with ApiClient(url, token, args.timeout, context) as client:
-            output = await handler(client, args)
+            output = await _run_handler(handler, client, args)
     except ClientError as err:
         print(f"isolator {args.command}: {err}", file=sys.stderr)
         return err.exit_code
     print(json.dumps(output, indent=2) if args.json else output)
     return 0
+
+
+async def _run_handler(handler: Handler, client: ApiClient, args: argparse.Namespace) -> Any:
+    """Run ``handler`` and raise ResponseError when the JSON lacks the fields it reads.
+
+    Such JSON comes from another service behind a wrong URL, or from an API of another version.
+    """
+    try:
+        return await handler(client, args)
+    except KeyError as err:
+        problem = f"field {err.args[0]!r} is missing"
+    except (TypeError, AttributeError) as err:
+        # NOTE: a bug in a handler or in render raises these too, and reads as a bad response.
+        problem = f"a value has the wrong type ({err})"
+    raise ResponseError(
+        f"{redact_url(client.url)} returned JSON that is not a response of the isolator API: "
+        f"{problem}. Check --url or ${URL_ENV}"
+    )
 
 
 async def show_status(client: ApiClient, args: argparse.Namespace) -> Any:

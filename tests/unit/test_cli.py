@@ -5,6 +5,7 @@ errors, an unreachable URL and bad token files."""
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from isolator import cli
 from isolator.api.app import create_app
+from isolator.api.client import ApiClient, UsageError
 from isolator.api.commands import execute
 from isolator.metrics import Metrics
 from tests.unit.harness import Harness
@@ -498,3 +500,151 @@ async def test_bad_token_file_exits_2(
     assert problem in err
     assert OPERATOR_TOKEN not in err
     assert harness.cluster.calls == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_timeout_not_positive_is_usage_error(
+    value: str, refused_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # aiohttp reads each of these as no timeout, so the command would wait forever for an
+    # API that accepts the connection and never responds.
+    try:
+        code = cli.main(["status", "--url", refused_url, "--timeout", value])
+    except SystemExit as exited:
+        code = exited.code
+
+    assert code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+# --- responses the command cannot use --------------------------------------------------------
+# The servers are HTTP fakes on 127.0.0.1 that stand in for a proxy or a wrong URL.
+
+READ_PATHS = ("/v1/status", "/v1/regions", "/v1/isolations")
+
+
+async def serve_body(body: bytes, content_type: str) -> TestServer:
+    async def respond(_: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app = web.Application()
+    for path in READ_PATHS:
+        app.router.add_get(path, respond)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+@pytest.fixture
+async def undecodable_url() -> AsyncIterator[str]:
+    """Return the URL of a server whose 200 body is not valid in the charset it names."""
+    server = await serve_body(b"\xff\xfe<html>gateway</html>", "text/html; charset=utf-8")
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def foreign_json_url() -> AsyncIterator[str]:
+    """Return the URL of a JSON service that is not the isolator, such as a wrong port."""
+    server = await serve_body(b'{"name": "some-other-service"}', "application/json")
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+async def test_undecodable_body_exits_2(
+    undecodable_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = cli.build_parser().parse_args(["status", "--url", undecodable_url])
+
+    code = await execute(args)
+
+    assert code == 2
+    assert "not JSON" in capsys.readouterr().err
+
+
+async def test_foreign_json_service_exits_2(
+    foreign_json_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = cli.build_parser().parse_args(["status", "--url", foreign_json_url])
+
+    code = await execute(args)
+
+    assert code == 2
+    assert foreign_json_url in capsys.readouterr().err
+
+
+async def test_foreign_json_names_missing_field(
+    foreign_json_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = await run(capsys, "status", "--url", foreign_json_url)
+
+    assert code == 2
+    assert out == ""
+    assert "field 'verdict' is missing" in err
+    assert "Traceback" not in err
+
+
+async def test_error_url_hides_userinfo(
+    foreign_json_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_password = foreign_json_url.replace("http://", "http://oncall:hunter2@")
+
+    code, _, err = await run(capsys, "status", "--url", with_password)
+
+    assert code == 2
+    assert foreign_json_url in err
+    assert "hunter2" not in err
+    assert "oncall" not in err
+
+
+async def test_refused_url_hides_userinfo(
+    refused_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_password = refused_url.replace("http://", "http://oncall:hunter2@")
+
+    code, _, err = await run(capsys, "status", "--url", with_password)
+
+    assert code == 2
+    assert f"cannot connect to {refused_url}" in err
+    assert "hunter2" not in err
+
+
+def test_invalid_url_hides_userinfo(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["status", "--url", "ftp://oncall:hunter2@127.0.0.1:8080"])
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "invalid API URL 'ftp://127.0.0.1:8080'" in err
+    assert "hunter2" not in err
+
+
+def test_unparsable_url_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["status", "--url", "http://[::1:8080"])
+
+    assert code == 2
+    assert "invalid API URL 'http://[::1:8080'" in capsys.readouterr().err
+
+
+async def test_userinfo_with_token_is_usage_error(
+    foreign_json_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with_password = foreign_json_url.replace("http://", "http://oncall:hunter2@")
+    token_file = write_token(tmp_path / "token", OPERATOR_TOKEN)
+
+    code, out, err = await run(capsys, "status", "--url", with_password, "--token-file", token_file)
+
+    assert code == 2
+    assert out == ""
+    assert "contains a user name and password and a token file is set" in err
+    assert "hunter2" not in err
+    assert OPERATOR_TOKEN not in err
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, math.nan, math.inf])
+def test_client_rejects_unbounded_timeout(seconds: float) -> None:
+    with pytest.raises(UsageError, match="invalid --timeout"):
+        ApiClient("http://127.0.0.1:9", None, seconds)
