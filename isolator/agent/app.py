@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import aiohttp
@@ -80,6 +81,47 @@ class AgentMetrics:
         )
 
 
+class TokenFile:
+    """The agent's API token, read again whenever its file changes.
+
+    The kubelet rotates a projected ServiceAccount token before it expires by swapping the
+    files behind the path, so a stat before each heartbeat picks up the new token without a
+    rejected heartbeat. A token that cannot be read is logged and heartbeats go without it:
+    the isolator then rejects them with 401, which shows on the heartbeat metric and in the
+    log.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self._path = path
+        self._signature: tuple[int, int, int, int] | None = None
+        self._token: str | None = None
+        self._unreadable = False
+
+    def current(self) -> str | None:
+        """Return the token in the file, reading it only when the file has changed."""
+        if self._path is None:
+            return None
+        try:
+            info = os.stat(self._path)
+            signature = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+            if signature != self._signature:
+                with open(self._path, encoding="utf-8") as file:
+                    self._token = file.read().strip() or None
+                self._signature = signature
+        except OSError as err:
+            # Logged when the file turns unreadable, not on every heartbeat after that.
+            if not self._unreadable:
+                logger.error(
+                    "API token file unreadable", extra={"path": self._path, "error": str(err)}
+                )
+            self._unreadable = True
+            self._signature = None
+            self._token = None
+            return None
+        self._unreadable = False
+        return self._token
+
+
 class Agent:
     """Sends heartbeats on a fixed period and serves the probe and metrics endpoints."""
 
@@ -91,7 +133,7 @@ class Agent:
         self._last_result = ""
         self.components: dict[str, CheckResult] = {}
         self.ingress: CheckResult | None = None
-        self._token = self._read_token()
+        self._token = TokenFile(settings.token_file)
         self._isolator_ssl = settings.isolator_ssl_context()
         self._serving_ssl = settings.serving_ssl_context()
         self.tls_reloaders = self._tls_reloaders()
@@ -129,25 +171,9 @@ class Agent:
             reloaders.append(reloader)
         return reloaders
 
-    def _read_token(self) -> str | None:
-        """Return the API token from the token file, or None without one.
-
-        A token that cannot be read is logged and heartbeats go without it: the isolator
-        then rejects them with 401, which shows on the heartbeat metric and in the log.
-        """
-        path = self.settings.token_file
-        if path is None:
-            return None
-        try:
-            with open(path, encoding="utf-8") as file:
-                token = file.read().strip()
-        except OSError as err:
-            logger.error("API token file unreadable", extra={"path": path, "error": str(err)})
-            return None
-        return token or None
-
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        token = self._token.current()
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024)
@@ -253,9 +279,6 @@ class Agent:
                     return
                 text = await response.text()
                 self._note("rejected", status=response.status, body=truncate(text))
-                if response.status == 401:
-                    # The token may have been rotated: the next heartbeat reads it again.
-                    self._token = self._read_token()
         except aiohttp.ClientConnectorCertificateError as err:
             # The next heartbeat fails alike until the files change, so the log names them.
             self._note(

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
 
-from isolator.agent.app import Agent
+from isolator.agent.app import Agent, TokenFile
 from isolator.settings import AgentSettings
 
 
-def settings(url: str = "http://127.0.0.1:1") -> AgentSettings:
-    return AgentSettings(node="r1-n01", region="r1", isolator_url=url, listen_port=9910)
+def settings(url: str = "http://127.0.0.1:1", **overrides: Any) -> AgentSettings:
+    return AgentSettings(
+        node="r1-n01", region="r1", isolator_url=url, listen_port=9910, **overrides
+    )
 
 
 async def test_probe_answers_with_node_and_region() -> None:
@@ -98,3 +102,42 @@ async def test_component_and_ingress_checks_reported() -> None:
     text = generate_latest(agent.metrics.registry).decode()
     assert 'isolator_agent_component_up{component="kube-proxy"} 0.0' in text
     assert "isolator_agent_ingress_check_up 0.0" in text
+
+
+async def test_rotated_token_used_by_next_heartbeat(tmp_path: Path) -> None:
+    tokens: list[str] = []
+
+    async def accept(request: web.Request) -> web.Response:
+        tokens.append(request.headers.get("Authorization", ""))
+        return web.json_response({"outcome": "accepted"})
+
+    token_file = tmp_path / "token"
+    token_file.write_text("first-token-0123456789\n")
+    isolator = web.Application()
+    isolator.router.add_post("/v1/heartbeats", accept)
+    async with TestServer(isolator) as server, aiohttp.ClientSession() as session:
+        agent = Agent(settings(str(server.make_url("")), token_file=str(token_file)))
+        url = str(server.make_url("/v1/heartbeats"))
+        await agent.send_one(session, url)
+        # The kubelet swaps the files behind a projected token's path; a rename does the same.
+        replacement = tmp_path / "token.new"
+        replacement.write_text("second-token-0123456789\n")
+        replacement.replace(token_file)
+        await agent.send_one(session, url)
+
+    assert tokens == ["Bearer first-token-0123456789", "Bearer second-token-0123456789"]
+
+
+def test_unreadable_token_file_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token_file = tmp_path / "token"
+    source = TokenFile(str(token_file))
+
+    missing = [source.current() for _ in range(3)]
+    token_file.write_text("back-token-0123456789")
+    back = source.current()
+
+    assert missing == [None, None, None]
+    assert back == "back-token-0123456789"
+    assert [r.message for r in caplog.records].count("API token file unreadable") == 1

@@ -262,7 +262,7 @@ async def test_missing_token_file_fails_start(tmp_path: Path) -> None:
         create_app(harness.controller, Metrics(), harness.clock)
 
 
-async def test_agent_sends_token_and_rereads_on_401(tmp_path: Path) -> None:
+async def test_agent_sends_token_and_picks_up_rotation(tmp_path: Path) -> None:
     token_path = tmp_path / "agent-token"
     write(token_path, "first-token-0123456789\n")
     seen: list[str | None] = []
@@ -289,8 +289,9 @@ async def test_agent_sends_token_and_rereads_on_401(tmp_path: Path) -> None:
         await agent.send_one(session, url)
         await agent.send_one(session, url)
 
+    # The changed file is read before the next heartbeat, so no heartbeat is rejected for it.
     assert seen == [
         "Bearer first-token-0123456789",
-        "Bearer first-token-0123456789",
+        "Bearer second-token-0123456789",
         "Bearer second-token-0123456789",
     ]
