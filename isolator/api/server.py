@@ -95,7 +95,6 @@ async def run_service(settings: Settings) -> None:
     if settings.auth_token_review:
         reviewer = await KubernetesTokenReviewer.create(
             settings.kubeconfig,
-            clock=clock,
             audiences=settings.auth_token_review_audiences,
             request_timeout_s=settings.auth_token_review_timeout_s,
         )

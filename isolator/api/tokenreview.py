@@ -9,7 +9,7 @@ every second, and the cache turns that into one review per token per TTL. While 
 cannot be reached, a token accepted before stays accepted for a bounded grace period, and an
 unknown token gets 503, never 401: a 401 would tell an agent that its credential is wrong.
 
-An accepted token whose TTL has passed is answered from the cache at once while a review runs
+An accepted token whose TTL has passed is served from the cache at once while a review runs
 in the background, so an agent never waits behind the reviews of unknown tokens.
 """
 
@@ -49,7 +49,7 @@ MAX_CONCURRENT_REVIEWS = 8
 
 # Maximum number of distinct tokens in review or waiting for a slot. Beyond it a token not yet
 # reviewed gets 503 at once, so that a flood of random tokens against a slow API server costs
-# bounded memory and never holds requests open.
+# bounded memory and keeps no request waiting.
 MAX_PENDING_REVIEWS = 8 * MAX_CONCURRENT_REVIEWS
 
 UNAVAILABLE = (
@@ -234,7 +234,7 @@ class TokenReviewAuthenticator:
         if self._paused(now):
             return self._fall_back(entry, now)
         if entry is not None and entry.user is not None and now < entry.usable_until:
-            # Within its grace, an accepted review answers now while the next one runs.
+            # Within its grace, the cached review is returned now while the next one runs.
             if digest not in self._pending and len(self._pending) < MAX_PENDING_REVIEWS:
                 self._start_review(digest, token)
             return entry.user

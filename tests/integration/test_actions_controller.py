@@ -165,8 +165,8 @@ async def test_ingress_cut_widens_when_node_dies(
         lambda conditions: conditions.get("Ready") == "True",
         "ingress controller ready",
     )
-    # The serving gates go True in the controller's first pass; the EndpointSlice controller
-    # lists the Pods a moment later, and the ingress cut must be seen to leave them there.
+    # The serving gates go True in the controller's first pass, and the EndpointSlice
+    # controller lists the Pods a moment later. The ingress cut must be seen to leave them.
     await eventually(
         ready_endpoints(api, estate.namespace),
         lambda ready: estate.names(node) <= ready,

@@ -279,7 +279,7 @@ async def test_repeated_token_reviewed_once_per_ttl(
     reviewed_within_ttl = len(reviewer.tokens)
     harness.clock.advance(TTL_S)
     after_ttl = await beat(client, AGENT_TOKEN)
-    # Past its TTL the cached review answers at once, and the next review runs behind it.
+    # Past its TTL the cached review is returned at once, and the next review runs after it.
     await settle()
 
     assert reviewed_within_ttl == 1

@@ -149,7 +149,7 @@ async def test_token_in_server_error_not_logged(caplog: pytest.LogCaptureFixture
         configuration = kubernetes_client.Configuration(host=str(server.make_url("")))
         api_client = kubernetes_client.ApiClient(configuration)
         clock = ManualClock()
-        reviewer = KubernetesTokenReviewer(api_client, clock=clock, request_timeout_s=5.0)
+        reviewer = KubernetesTokenReviewer(api_client, request_timeout_s=5.0)
         settings = (await Harness.start(regions=1, nodes=1, **REVIEW_SETTINGS)).controller.settings
         reviews = TokenReviewAuthenticator(reviewer, settings, clock)
         try:

@@ -16,7 +16,6 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.api_client import ApiClient
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from isolator.clock import Clock, SystemClock
 from isolator.sources.kubernetes.errors import (
     KubernetesError,
     KubernetesUnavailableError,
@@ -66,13 +65,11 @@ class KubernetesTokenReviewer:
         self,
         api_client: ApiClient,
         *,
-        clock: Clock,
         audiences: Sequence[str] = (),
         request_timeout_s: float = 5.0,
     ) -> None:
         self._api_client = api_client
         self._authentication = client.AuthenticationV1Api(api_client)
-        self._clock = clock
         self._audiences = list(audiences) or None
         self._timeout = request_timeout_s
 
@@ -81,7 +78,6 @@ class KubernetesTokenReviewer:
         cls,
         kubeconfig: str | None,
         *,
-        clock: Clock | None = None,
         audiences: Sequence[str] = (),
         request_timeout_s: float = 5.0,
     ) -> KubernetesTokenReviewer:
@@ -93,7 +89,6 @@ class KubernetesTokenReviewer:
         api_client = await _load_api_client(kubeconfig)
         return cls(
             api_client,
-            clock=clock or SystemClock(),
             audiences=audiences,
             request_timeout_s=request_timeout_s,
         )
